@@ -1,0 +1,633 @@
+"""The f-divergence family of OPD+, with both advantage designs.
+
+Convention (method.md §1): the student is ``p`` (trained), the teacher is ``q``
+(frozen), and ``u = q / p`` is the teacher-over-student ratio of a token. An
+f-divergence at one state is
+
+    D_f(s) = sum_a p(a) f(q(a) / p(a)) = E_{a ~ student}[ f(u(a)) ].
+
+So ``f(u) = u log u`` gives the *forward* KL, KL(teacher || student), and
+``f(u) = -log u`` the *reverse* KL, KL(student || teacher). We never write a bare
+``kl(p, q)``: every name says its direction in words.
+
+Each divergence object offers
+
+- ``f(u)``: the generator;
+- ``advantage(log_u, estimator)``: the per-token *ascent* advantage, ``-f(u)`` for
+  OPD (stop-gradient design) and ``w_f(u) = -f(u) + u f'(u)`` for OPD+;
+- ``full_vocab(student_logits, teacher_logits, mask)``: the exact per-position
+  D_f over the whole vocabulary, differentiable in the student logits.
+
+Numerics. Everything is written in terms of ``t = log u``. Advantages are
+computed in float64 internally (they are only B x T numbers) and returned in the
+input dtype; a value whose true magnitude exceeds that dtype's range (for
+example Pearson's ``u**2 - 1`` at ``log u = 50`` in float32, about 2.7e43) is
+saturated to the largest finite number instead of becoming inf or NaN. In
+training, ``log u`` is clipped long before that (see ``estimators``).
+
+``full_vocab`` works on "perspective" forms ``p f(q/p)`` written with ``log p``
+and ``log q``, so a token that the student gives ~0 probability contributes a
+finite number even when ``u`` itself would overflow. It runs in float32 chunks
+of positions, and under autograd each chunk is recomputed in the backward pass
+(activation checkpointing), so memory beyond the logits stays at one chunk of
+``(chunk, V)`` even at V = 150k.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Dict, Optional
+
+import torch
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+ESTIMATORS = ("opd", "opd+")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _log_mix(t: Tensor, a: float) -> Tensor:
+    """log(a * e^t + (1 - a)) for a scalar a in [0, 1], stable for large |t|."""
+    if a == 0.0:
+        return torch.zeros_like(t)
+    if a == 1.0:
+        return t
+    return torch.logaddexp(t + math.log(a), torch.full_like(t, math.log1p(-a)))
+
+
+def _log_mix2(lq: Tensor, lp: Tensor, a: float) -> Tensor:
+    """log(a * q + (1 - a) * p) from log q and log p (a in [0, 1])."""
+    if a == 0.0:
+        return lp
+    if a == 1.0:
+        return lq
+    return torch.logaddexp(lq + math.log(a), lp + math.log1p(-a))
+
+
+def _xlogy(x: Tensor, logy: Tensor) -> Tensor:
+    """x * logy with the convention 0 * (anything) = 0 (avoids 0 * -inf = nan)."""
+    return torch.where(x == 0, torch.zeros_like(x), x * logy)
+
+
+def _saturate(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """Cast to ``dtype``, mapping values beyond its range to its largest finite value."""
+    fi = torch.finfo(dtype)
+    x = torch.nan_to_num(x, nan=float("nan"), posinf=fi.max, neginf=-fi.max)
+    return x.clamp(-fi.max, fi.max).to(dtype)
+
+
+def check_finite(name: str, x: Tensor) -> None:
+    """Raise a ValueError naming ``name`` when ``x`` holds NaN or +-inf."""
+    if not torch.isfinite(x).all():
+        n_nan = int(torch.isnan(x).sum())
+        n_inf = int(torch.isinf(x).sum())
+        raise ValueError(
+            f"{name} contains non-finite values ({n_nan} NaN, {n_inf} inf) out of "
+            f"{x.numel()}; check the model outputs (e.g. fp16 overflow) before the loss."
+        )
+
+
+# ----------------------------------------------------------------------------- base class
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """One member of the f-divergence family.
+
+    Subclasses provide three closed forms in terms of ``t = log u`` (float64 safe)
+    and one perspective form; everything else is shared.
+    """
+
+    name: ClassVar[str] = ""
+    title: ClassVar[str] = ""
+
+    # -- closed forms, t = log u ------------------------------------------------
+    def f_log(self, t: Tensor) -> Tensor:  # f(e^t)
+        raise NotImplementedError
+
+    def w_log(self, t: Tensor) -> Tensor:  # w_f(e^t) = -f + u f'
+        raise NotImplementedError
+
+    def perspective(self, lp: Tensor, lq: Tensor) -> Tensor:
+        """Elementwise p * f(q / p) from log p (student) and log q (teacher)."""
+        raise NotImplementedError
+
+    @property
+    def params(self) -> Dict[str, float]:
+        return {}
+
+    # -- public API --------------------------------------------------------------
+    def f(self, u: Tensor) -> Tensor:
+        """The generator f(u), u = teacher/student probability ratio (u > 0)."""
+        u = torch.as_tensor(u)
+        return self.f_log(torch.log(u))
+
+    def advantage(self, log_u: Tensor, estimator: str = "opd+") -> Tensor:
+        """Per-token ascent advantage from ``log_u = log q - log p`` of the sampled token.
+
+        ``"opd"``: ``-f(u)``, the stop-gradient design (biased unless reverse KL).
+        ``"opd+"``: ``w_f(u) = -f(u) + u f'(u)``, the exact per-state gradient weight.
+        The result is detached and has ``log_u``'s dtype (saturated, never inf/NaN).
+        """
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"unknown estimator {estimator!r}; expected one of {ESTIMATORS}")
+        log_u = torch.as_tensor(log_u)
+        if torch.isnan(log_u).any():
+            raise ValueError("log_u contains NaN; check the teacher and student log-probs")
+        out_dtype = log_u.dtype if log_u.is_floating_point() else torch.get_default_dtype()
+        t = log_u.detach().to(torch.float64)
+        a = -self.f_log(t) if estimator == "opd" else self.w_log(t)
+        return _saturate(a, out_dtype)
+
+    def full_vocab(
+        self,
+        student_logits: Tensor,
+        teacher_logits: Tensor,
+        mask: Optional[Tensor] = None,
+        chunk_size: int = 256,
+    ) -> Tensor:
+        """Exact D_f(s) = sum_a p(a) f(q(a)/p(a)) at every position, over the last dim.
+
+        student_logits, teacher_logits: ``(..., V)``; mask: ``(...)`` (bool or 0/1).
+        Returns ``(...)`` in float32 (float64 if the inputs are float64), 0 where the
+        mask is off. Differentiable in ``student_logits``; the teacher is detached.
+        Only masked-in positions are computed, ``chunk_size`` at a time.
+        """
+        return _chunked_over_positions(
+            lambda zs, zt: self._full_vocab_rows(zs, zt),
+            student_logits, teacher_logits, mask, chunk_size,
+        )
+
+    def expected_advantage(
+        self,
+        student_logits: Tensor,
+        teacher_logits: Tensor,
+        estimator: str = "opd+",
+        mask: Optional[Tensor] = None,
+        clip_log_u: Optional[tuple] = None,
+        chunk_size: int = 256,
+    ) -> Tensor:
+        """E_{a ~ student}[A(a)] at every position: the analytic per-state baseline.
+
+        For OPD+ this is the variance-minimising baseline of method.md §4 (for reverse
+        KL it equals ``-KL(student || teacher)(s) - 1``). With ``clip_log_u`` the same
+        clipping as the sampled estimator is applied, so the baseline matches the
+        advantage it is subtracted from. No gradient; computed in float64.
+        """
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"unknown estimator {estimator!r}; expected one of {ESTIMATORS}")
+
+        def rows(zs: Tensor, zt: Tensor) -> Tensor:
+            lp = torch.log_softmax(zs.double(), -1)
+            lq = torch.log_softmax(zt.double(), -1)
+            t = lq - lp
+            if clip_log_u is not None:
+                t = t.clamp(clip_log_u[0], clip_log_u[1])
+            a = -self.f_log(t) if estimator == "opd" else self.w_log(t)
+            return (lp.exp() * a).sum(-1)
+
+        with torch.no_grad():
+            return _chunked_over_positions(
+                rows, student_logits.detach(), teacher_logits, mask, chunk_size, checkpointed=False
+            )
+
+    def _full_vocab_rows(self, zs: Tensor, zt: Tensor) -> Tensor:
+        dt = torch.float64 if zs.dtype == torch.float64 else torch.float32
+        lp = torch.log_softmax(zs.to(dt), -1)
+        lq = torch.log_softmax(zt.detach().to(dt), -1)
+        return self.perspective(lp, lq).sum(-1)
+
+    def __repr__(self) -> str:
+        ps = ", ".join(f"{k}={v:g}" for k, v in self.params.items())
+        return f"{type(self).__name__}({ps})" if ps else f"{type(self).__name__}()"
+
+
+def _chunked_over_positions(
+    rows_fn: Callable[[Tensor, Tensor], Tensor],
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    mask: Optional[Tensor],
+    chunk_size: int,
+    checkpointed: bool = True,
+) -> Tensor:
+    """Apply ``rows_fn((N, V), (N, V)) -> (N,)`` to the masked positions, in chunks."""
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student logits {tuple(student_logits.shape)} and teacher logits "
+            f"{tuple(teacher_logits.shape)} differ in shape"
+            + (
+                f" (vocabulary {student_logits.shape[-1]} vs {teacher_logits.shape[-1]}: slice both "
+                "to the shared real vocabulary, see opdplus.sampler.preflight)"
+                if student_logits.shape[:-1] == teacher_logits.shape[:-1]
+                else ""
+            )
+        )
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    check_finite("student logits", student_logits.detach())
+    check_finite("teacher logits", teacher_logits.detach())
+    lead = student_logits.shape[:-1]
+    V = student_logits.shape[-1]
+    zs = student_logits.reshape(-1, V)
+    zt = teacher_logits.reshape(-1, V)
+    out_dtype = torch.float64 if student_logits.dtype == torch.float64 else torch.float32
+    if mask is None:
+        idx = None
+        n = zs.shape[0]
+    else:
+        if mask.shape != lead:
+            raise ValueError(f"mask shape {tuple(mask.shape)} does not match logits {tuple(lead)}")
+        idx = mask.reshape(-1).bool().nonzero().squeeze(-1)
+        n = idx.numel()
+    parts = []
+    use_ckpt = checkpointed and torch.is_grad_enabled() and zs.requires_grad
+    for start in range(0, n, chunk_size):
+        sel = slice(start, min(start + chunk_size, n))
+        if idx is None:
+            a, b = zs[sel], zt[sel]
+        else:
+            a, b = zs.index_select(0, idx[sel]), zt.index_select(0, idx[sel])
+        if use_ckpt:
+            parts.append(checkpoint(rows_fn, a, b, use_reentrant=False))
+        else:
+            parts.append(rows_fn(a, b))
+    vals = torch.cat(parts) if parts else zs.new_zeros(0, dtype=out_dtype)
+    vals = vals.to(out_dtype)
+    if idx is None:
+        return vals.reshape(lead)
+    full = torch.zeros(zs.shape[0], dtype=out_dtype, device=zs.device)
+    full = full.index_put((idx,), vals)
+    return full.reshape(lead)
+
+
+# ----------------------------------------------------------------------------- the family
+
+
+@dataclass(frozen=True, repr=False)
+class ReverseKL(Divergence):
+    """KL(student || teacher): f(u) = -log u. Mode-seeking. OPD and OPD+ agree in expectation."""
+
+    name = "reverse_kl"
+    title = "reverse KL, KL(student‖teacher)"
+
+    def f_log(self, t):
+        return -t
+
+    def w_log(self, t):
+        return t - 1.0
+
+    def perspective(self, lp, lq):
+        return _xlogy(lp.exp(), lp - lq)
+
+
+@dataclass(frozen=True, repr=False)
+class ForwardKL(Divergence):
+    """KL(teacher || student): f(u) = u log u. Mass-covering. OPD+ advantage is u itself."""
+
+    name = "forward_kl"
+    title = "forward KL, KL(teacher‖student)"
+
+    def f_log(self, t):
+        return t.exp() * t
+
+    def w_log(self, t):
+        return t.exp()
+
+    def perspective(self, lp, lq):
+        return _xlogy(lq.exp(), lq - lp)
+
+
+@dataclass(frozen=True, repr=False)
+class JSD(Divergence):
+    """Generalized Jensen-Shannon: beta KL(teacher||M) + (1-beta) KL(student||M), M = beta q + (1-beta) p.
+
+    ``beta`` in (0, 1); 0.5 is the usual JSD. Both ends are excluded because JSD_beta
+    tends to 0 there (a silent change of objective). With ``normalized=True`` the
+    divergence is divided by beta (1 - beta), which tends to forward KL as beta -> 0
+    and to reverse KL as beta -> 1.
+    """
+
+    beta: float = 0.5
+    normalized: bool = False
+    name = "jsd"
+    title = "Jensen–Shannon (β)"
+
+    def __post_init__(self):
+        b = self.beta
+        if not (isinstance(b, (int, float)) and math.isfinite(b) and 0.0 < b < 1.0):
+            raise ValueError(
+                f"jsd: beta must lie strictly between 0 and 1, got {b!r} (at 0 or 1 JSD_beta is "
+                "identically 0; use normalized=True with beta near 0 or 1 for the KL limits)"
+            )
+
+    @property
+    def params(self):
+        return {"beta": self.beta, **({"normalized": 1.0} if self.normalized else {})}
+
+    @property
+    def _scale(self):
+        return 1.0 / (self.beta * (1.0 - self.beta)) if self.normalized else 1.0
+
+    def f_log(self, t):
+        b = self.beta
+        lm = _log_mix(t, b)  # log m, m = b u + 1 - b
+        return self._scale * (b * t.exp() * (t - lm) - (1.0 - b) * lm)
+
+    def w_log(self, t):
+        return self._scale * (1.0 - self.beta) * _log_mix(t, self.beta)
+
+    def perspective(self, lp, lq):
+        b = self.beta
+        lM = _log_mix2(lq, lp, b)
+        return self._scale * (b * _xlogy(lq.exp(), lq - lM) + (1.0 - b) * _xlogy(lp.exp(), lp - lM))
+
+
+@dataclass(frozen=True, repr=False)
+class TotalVariation(Divergence):
+    """Total variation: f(u) = |u - 1| / 2. Bounded advantage, non-smooth at u = 1."""
+
+    name = "tv"
+    title = "total variation"
+
+    def f_log(self, t):
+        return 0.5 * torch.expm1(t).abs()
+
+    def w_log(self, t):
+        return 0.5 * torch.sign(t)
+
+    def perspective(self, lp, lq):
+        return 0.5 * (lq.exp() - lp.exp()).abs()
+
+
+@dataclass(frozen=True, repr=False)
+class Hellinger(Divergence):
+    """Squared Hellinger: f(u) = (sqrt(u) - 1)^2 = sum_a (sqrt q - sqrt p)^2."""
+
+    name = "hellinger"
+    title = "squared Hellinger"
+
+    def f_log(self, t):
+        return torch.expm1(0.5 * t) ** 2
+
+    def w_log(self, t):
+        return torch.expm1(0.5 * t)
+
+    def perspective(self, lp, lq):
+        return (torch.exp(0.5 * lq) - torch.exp(0.5 * lp)) ** 2
+
+
+@dataclass(frozen=True, repr=False)
+class PearsonChi2(Divergence):
+    """Pearson chi^2 (teacher || student): f(u) = (u - 1)^2. Unbounded in u: clip log u."""
+
+    name = "pearson_chi2"
+    title = "Pearson χ² (teacher‖student)"
+
+    def f_log(self, t):
+        return torch.expm1(t) ** 2
+
+    def w_log(self, t):
+        return torch.expm1(2.0 * t)
+
+    def perspective(self, lp, lq):
+        # (q - p)^2 / p; the true value overflows float32 when p is tiny and q is not.
+        return (lq.exp() - lp.exp()) ** 2 * torch.exp(-lp)
+
+
+@dataclass(frozen=True, repr=False)
+class NeymanChi2(Divergence):
+    """Neyman chi^2 (student || teacher): f(u) = (1 - u)^2 / u."""
+
+    name = "neyman_chi2"
+    title = "Neyman χ² (student‖teacher)"
+
+    def f_log(self, t):
+        return torch.expm1(t) * (-torch.expm1(-t))  # (u-1)(1-1/u) = (u-1)^2/u
+
+    def w_log(self, t):
+        return -2.0 * torch.expm1(-t)
+
+    def perspective(self, lp, lq):
+        return (lp.exp() - lq.exp()) ** 2 * torch.exp(-lq)
+
+
+@dataclass(frozen=True, repr=False)
+class Alpha(Divergence):
+    """Amari alpha-divergence: f(u) = (u^a - a u - (1 - a)) / (a (a - 1)), any real a.
+
+    a -> 0: reverse KL + (u - 1); a -> 1: forward KL - (u - 1); a = 1/2: twice squared
+    Hellinger; a = 2: half Pearson chi^2; a = -1: half Neyman chi^2. The (u - 1) terms
+    change neither the divergence value nor the OPD+ gradient (method.md §2).
+    a = 0 and a = 1 use the limit forms; near them the formulas are rearranged with
+    expm1 so nothing cancels catastrophically.
+    """
+
+    alpha: float = 0.5
+    name = "alpha"
+    title = "α-divergence (Amari)"
+
+    def __post_init__(self):
+        a = self.alpha
+        if not (isinstance(a, (int, float)) and math.isfinite(a)):
+            raise ValueError(f"alpha: alpha must be a finite real number, got {a!r}")
+
+    @property
+    def params(self):
+        return {"alpha": self.alpha}
+
+    def f_log(self, t):
+        a = self.alpha
+        u1 = torch.expm1(t)  # u - 1
+        if a == 0.0:
+            return -t + u1
+        if a == 1.0:
+            return t.exp() * t - u1
+        if abs(a) <= abs(a - 1.0):  # near 0: [ (u^a - 1)/a - (u - 1) ] / (a - 1)
+            return (torch.expm1(a * t) / a - u1) / (a - 1.0)
+        # near 1: [ u (u^(a-1) - 1)/(a - 1) - (u - 1) ] / a
+        return (t.exp() * torch.expm1((a - 1.0) * t) / (a - 1.0) - u1) / a
+
+    def w_log(self, t):
+        a = self.alpha
+        if a == 0.0:
+            return t.clone()
+        return torch.expm1(a * t) / a
+
+    def perspective(self, lp, lq):
+        a = self.alpha
+        p, q = lp.exp(), lq.exp()
+        if a == 0.0:
+            return _xlogy(p, lp - lq) + (q - p)
+        if a == 1.0:
+            return _xlogy(q, lq - lp) - (q - p)
+        # p^(1-a) q^a computed in log space; the rest as in f_log, scaled by p.
+        mix = torch.exp(a * lq + (1.0 - a) * lp)
+        return (mix - a * q - (1.0 - a) * p) / (a * (a - 1.0))
+
+
+@dataclass(frozen=True, repr=False)
+class SkewKL(Divergence):
+    """Skew forward KL: KL(teacher || alpha q + (1 - alpha) p), alpha in [0, 1).
+
+    alpha = 0 is forward KL. The OPD+ advantage (1 - alpha) u / (alpha u + 1 - alpha)
+    is bounded by (1 - alpha) / alpha, which is the point of the skew.
+    """
+
+    alpha: float = 0.1
+    name = "skew_kl"
+    title = "skew KL_α, KL(teacher‖αq+(1−α)p)"
+
+    def __post_init__(self):
+        a = self.alpha
+        if not (isinstance(a, (int, float)) and math.isfinite(a) and 0.0 <= a < 1.0):
+            raise ValueError(
+                f"skew_kl: alpha must lie in [0, 1), got {a!r} (alpha = 1 makes the divergence 0)"
+            )
+
+    @property
+    def params(self):
+        return {"alpha": self.alpha}
+
+    def f_log(self, t):
+        return t.exp() * (t - _log_mix(t, self.alpha))
+
+    def w_log(self, t):
+        return (1.0 - self.alpha) * torch.exp(t - _log_mix(t, self.alpha))
+
+    def perspective(self, lp, lq):
+        return _xlogy(lq.exp(), lq - _log_mix2(lq, lp, self.alpha))
+
+
+@dataclass(frozen=True, repr=False)
+class SkewReverseKL(Divergence):
+    """Skew reverse KL: KL(student || alpha p + (1 - alpha) q), alpha in [0, 1).
+
+    alpha = 0 is reverse KL; f(u) = -log(alpha + (1 - alpha) u).
+    """
+
+    alpha: float = 0.1
+    name = "skew_reverse_kl"
+    title = "skew reverse KL_α, KL(student‖αp+(1−α)q)"
+
+    def __post_init__(self):
+        a = self.alpha
+        if not (isinstance(a, (int, float)) and math.isfinite(a) and 0.0 <= a < 1.0):
+            raise ValueError(
+                f"skew_reverse_kl: alpha must lie in [0, 1), got {a!r} "
+                "(alpha = 1 makes the divergence 0)"
+            )
+
+    @property
+    def params(self):
+        return {"alpha": self.alpha}
+
+    def _log_m(self, t):  # log(alpha + (1 - alpha) u)
+        return _log_mix(t, 1.0 - self.alpha)
+
+    def f_log(self, t):
+        return -self._log_m(t)
+
+    def w_log(self, t):
+        lm = self._log_m(t)
+        return lm - (1.0 - self.alpha) * torch.exp(t - lm)
+
+    def perspective(self, lp, lq):
+        return _xlogy(lp.exp(), lp - _log_mix2(lp, lq, self.alpha))
+
+
+@dataclass(frozen=True, repr=False)
+class Jeffreys(Divergence):
+    """Jeffreys: forward + reverse KL, f(u) = (u - 1) log u."""
+
+    name = "jeffreys"
+    title = "Jeffreys (forward + reverse KL)"
+
+    def f_log(self, t):
+        return torch.expm1(t) * t
+
+    def w_log(self, t):
+        return torch.expm1(t) + t
+
+    def perspective(self, lp, lq):
+        return (lq.exp() - lp.exp()) * (lq - lp)
+
+
+@dataclass(frozen=True, repr=False)
+class Shifted(Divergence):
+    """``f(u) + c (u - 1)``: the same divergence written with another generator.
+
+    D_f is unchanged (sum_a p (u - 1) = 0), the OPD+ advantage shifts by the
+    constant c (a harmless baseline), the OPD advantage by -c (u - 1), which changes
+    the expected update (method.md §2, the generator-shift argument).
+    """
+
+    base: Divergence = None  # type: ignore[assignment]
+    c: float = 0.0
+
+    @property
+    def name(self):  # type: ignore[override]
+        return f"{self.base.name}+{self.c:g}(u-1)"
+
+    @property
+    def title(self):  # type: ignore[override]
+        return f"{self.base.title} + {self.c:g}(u−1)"
+
+    @property
+    def params(self):
+        return {**self.base.params, "c": self.c}
+
+    def f_log(self, t):
+        return self.base.f_log(t) + self.c * torch.expm1(t)
+
+    def w_log(self, t):
+        return self.base.w_log(t) + self.c
+
+    def perspective(self, lp, lq):
+        return self.base.perspective(lp, lq) + self.c * (lq.exp() - lp.exp())
+
+
+def shifted(d: Divergence, c: float) -> Shifted:
+    """The divergence ``d`` written with the generator ``f(u) + c (u - 1)``."""
+    return Shifted(base=d, c=float(c))
+
+
+_REGISTRY = {
+    cls.name: cls
+    for cls in (
+        ReverseKL, ForwardKL, JSD, TotalVariation, Hellinger, PearsonChi2, NeymanChi2,
+        Alpha, SkewKL, SkewReverseKL, Jeffreys,
+    )
+}
+
+
+def names() -> list:
+    """Registry names, in the order of method.md §3."""
+    return list(_REGISTRY)
+
+
+def get(name: str, **params) -> Divergence:
+    """Build a divergence by registry name, e.g. ``get("jsd", beta=0.5)``.
+
+    Parameters: ``jsd`` (beta, normalized), ``alpha`` (alpha), ``skew_kl`` (alpha),
+    ``skew_reverse_kl`` (alpha); the others take none.
+    """
+    if isinstance(name, Divergence):
+        if params:
+            raise ValueError("pass parameters only with a registry name")
+        return name
+    try:
+        cls = _REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown divergence {name!r}; valid names are: {', '.join(_REGISTRY)}"
+        ) from None
+    try:
+        return cls(**params)
+    except TypeError as e:
+        fields = list(cls.__dataclass_fields__)
+        raise ValueError(
+            f"divergence {name!r} takes parameters {fields or 'none'}, got {sorted(params)}"
+        ) from e
