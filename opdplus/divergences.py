@@ -29,7 +29,7 @@ training, ``log u`` is clipped long before that (see ``estimators``).
 and ``log q``, so a token that the student gives ~0 probability contributes a
 finite number even when ``u`` itself would overflow. It runs in float32 chunks
 of positions, and under autograd each chunk is recomputed in the backward pass
-(activation checkpointing), so memory beyond the logits stays at one chunk of
+(the chunk is recomputed, as in activation checkpointing), so memory beyond the logits stays at one chunk of
 ``(chunk, V)`` even at V = 150k.
 """
 
@@ -41,9 +41,9 @@ from typing import Callable, ClassVar, Dict, Optional
 
 import torch
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 ESTIMATORS = ("opd", "opd+")
+CHUNK_ELEMENTS = 1 << 22  # positions x vocab per chunk in full_vocab (16 MiB in float32)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -147,14 +147,15 @@ class Divergence:
         student_logits: Tensor,
         teacher_logits: Tensor,
         mask: Optional[Tensor] = None,
-        chunk_size: int = 256,
+        chunk_size: Optional[int] = None,
     ) -> Tensor:
         """Exact D_f(s) = sum_a p(a) f(q(a)/p(a)) at every position, over the last dim.
 
         student_logits, teacher_logits: ``(..., V)``; mask: ``(...)`` (bool or 0/1).
         Returns ``(...)`` in float32 (float64 if the inputs are float64), 0 where the
         mask is off. Differentiable in ``student_logits``; the teacher is detached.
-        Only masked-in positions are computed, ``chunk_size`` at a time.
+        Only masked-in positions are computed, ``chunk_size`` at a time (default:
+        ``CHUNK_ELEMENTS // V`` positions, i.e. about 16 MiB per float32 intermediate).
         """
         return _chunked_over_positions(
             lambda zs, zt: self._full_vocab_rows(zs, zt),
@@ -168,7 +169,7 @@ class Divergence:
         estimator: str = "opd+",
         mask: Optional[Tensor] = None,
         clip_log_u: Optional[tuple] = None,
-        chunk_size: int = 256,
+        chunk_size: Optional[int] = None,
     ) -> Tensor:
         """E_{a ~ student}[A(a)] at every position: the analytic per-state baseline.
 
@@ -210,7 +211,7 @@ def _chunked_over_positions(
     student_logits: Tensor,
     teacher_logits: Tensor,
     mask: Optional[Tensor],
-    chunk_size: int,
+    chunk_size: Optional[int],
     checkpointed: bool = True,
 ) -> Tensor:
     """Apply ``rows_fn((N, V), (N, V)) -> (N,)`` to the masked positions, in chunks."""
@@ -225,6 +226,8 @@ def _chunked_over_positions(
                 else ""
             )
         )
+    if chunk_size is None:
+        chunk_size = max(1, CHUNK_ELEMENTS // student_logits.shape[-1])
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     check_finite("student logits", student_logits.detach())
@@ -234,33 +237,62 @@ def _chunked_over_positions(
     zs = student_logits.reshape(-1, V)
     zt = teacher_logits.reshape(-1, V)
     out_dtype = torch.float64 if student_logits.dtype == torch.float64 else torch.float32
-    if mask is None:
-        idx = None
-        n = zs.shape[0]
-    else:
+    idx = None
+    n = zs.shape[0]
+    if mask is not None:
         if mask.shape != lead:
             raise ValueError(f"mask shape {tuple(mask.shape)} does not match logits {tuple(lead)}")
         idx = mask.reshape(-1).bool().nonzero().squeeze(-1)
         n = idx.numel()
-    parts = []
-    use_ckpt = checkpointed and torch.is_grad_enabled() and zs.requires_grad
-    for start in range(0, n, chunk_size):
-        sel = slice(start, min(start + chunk_size, n))
-        if idx is None:
-            a, b = zs[sel], zt[sel]
-        else:
-            a, b = zs.index_select(0, idx[sel]), zt.index_select(0, idx[sel])
-        if use_ckpt:
-            parts.append(checkpoint(rows_fn, a, b, use_reentrant=False))
-        else:
-            parts.append(rows_fn(a, b))
-    vals = torch.cat(parts) if parts else zs.new_zeros(0, dtype=out_dtype)
-    vals = vals.to(out_dtype)
     if idx is None:
+        idx = torch.arange(n, device=zs.device)
+    if checkpointed and torch.is_grad_enabled() and zs.requires_grad:
+        vals = _ChunkedRows.apply(zs, zt, idx, rows_fn, chunk_size)
+    else:
+        vals = _rows_in_chunks(rows_fn, zs, zt, idx, chunk_size, out_dtype)
+    vals = vals.to(out_dtype)
+    if mask is None:
         return vals.reshape(lead)
     full = torch.zeros(zs.shape[0], dtype=out_dtype, device=zs.device)
     full = full.index_put((idx,), vals)
     return full.reshape(lead)
+
+
+def _rows_in_chunks(rows_fn, zs: Tensor, zt: Tensor, idx: Tensor, chunk: int, dtype) -> Tensor:
+    parts = [rows_fn(zs.index_select(0, idx[i:i + chunk]), zt.index_select(0, idx[i:i + chunk]))
+             for i in range(0, idx.numel(), chunk)]
+    return torch.cat(parts).to(dtype) if parts else zs.new_zeros(0, dtype=dtype)
+
+
+class _ChunkedRows(torch.autograd.Function):
+    """Chunked rows with recomputation: the backward pass redoes one chunk at a time.
+
+    Autograd through per-chunk slices would allocate a full ``(N, V)`` gradient buffer
+    per chunk; here the backward writes each chunk's gradient (obtained by autograd on
+    the recomputed chunk, so no hand-written derivative) into one preallocated buffer.
+    Memory beyond the logits and their gradient: one chunk of intermediates.
+    """
+
+    @staticmethod
+    def forward(ctx, zs, zt, idx, rows_fn, chunk):
+        ctx.save_for_backward(zs, zt, idx)
+        ctx.rows_fn, ctx.chunk = rows_fn, chunk
+        with torch.no_grad():
+            out_dtype = torch.float64 if zs.dtype == torch.float64 else torch.float32
+            return _rows_in_chunks(rows_fn, zs, zt, idx, chunk, out_dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        zs, zt, idx = ctx.saved_tensors
+        grad = torch.zeros_like(zs)
+        for i in range(0, idx.numel(), ctx.chunk):
+            rows = idx[i:i + ctx.chunk]
+            with torch.enable_grad():
+                a = zs.index_select(0, rows).detach().requires_grad_(True)
+                val = ctx.rows_fn(a, zt.index_select(0, rows))
+                (g,) = torch.autograd.grad(val, a, grad_out[i:i + ctx.chunk].to(val.dtype))
+            grad.index_copy_(0, rows, g.to(grad.dtype))
+        return grad, None, None, None, None
 
 
 # ----------------------------------------------------------------------------- the family

@@ -196,12 +196,13 @@ def logit_distillation_loss(
     mask_BT: Tensor,
     divergence: Union[str, Divergence] = "forward_kl",
     num_tokens: Optional[Union[int, float, Tensor]] = None,
-    chunk_size: int = 256,
+    chunk_size: Optional[int] = None,
 ) -> Tuple[Tensor, Dict[str, float]]:
     """Full-vocabulary (GKD-style) loss: ``sum_t D_f(s_t) / N`` at the visited states.
 
     Exact at each state (no stop-gradient bias), but it ignores the future term and
-    needs full teacher logits. Memory: one ``(chunk_size, V)`` float32 block at a time.
+    needs full teacher logits. Memory: one ``(chunk_size, V)`` float32 block at a time
+    (default chunk: ``divergences.CHUNK_ELEMENTS // V`` positions).
     """
     d = _as_divergence(divergence)
     D_BT = d.full_vocab(student_logits_BTV, teacher_logits_BTV, mask_BT, chunk_size=chunk_size)
