@@ -1,0 +1,329 @@
+"""Grading and accuracy for GSM8K-format math: answer extraction, CIs, generation, loaders.
+
+- ``extract_answer`` reads the final answer of a completion: the text after the *last*
+  ``#### `` marker, else the content of the last ``\\boxed{...}``. Commas, ``$`` and the
+  spaces a digit-level tokenizer leaves between digits (``#### 2 5``) are removed. There is
+  deliberately no "last number in the text" fallback: a completion that never states its
+  answer in one of the two formats counts as wrong (``None``), and nothing here raises on
+  malformed text.
+- ``grade`` compares numerically (``36.0 == 36``, ``1/2 == 0.5``) using exact fractions.
+- ``evaluate`` generates for a list of GSM8K-format rows and returns pass@1 (k = 1) or
+  avg@k (k > 1) with a 95% interval:
+  * k = 1: each problem is one Bernoulli trial, so the Wilson score interval.
+  * k > 1: avg@k is the mean over problems of the fraction of the k samples that are
+    correct; the interval is the normal (CLT) interval over problems,
+    ``mean +- 1.96 * sd / sqrt(n)`` with the sample sd of the per-problem fractions,
+    clipped to [0, 1]. Problems are the unit of resampling; the k samples of one problem
+    are not independent evidence about the population of problems.
+- ``load_gsm8k`` loads ``openai/gsm8k`` (config ``main``) from the hub or a local JSONL file
+  in GSM8K's format; each bad row is reported with its file and line number.
+
+Simplified: generation is a plain KV-cached loop (greedy or temperature sampling with the
+caller's ``torch.Generator``; no top-p, no stop strings other than EOS); prompts come from
+the tokenizer's chat template unless ``prompt_fn`` is given.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple, Union
+
+import torch
+
+Z95 = 1.959963984540054  # standard normal quantile at 0.975
+
+# ----------------------------------------------------------------------------- extraction
+
+# A number as a model may write it: "-1,234.5", "$ 25", or digit tokens rejoined with single
+# spaces ("2 5"). The spaced form only joins single digits, so "25 3" still reads as 25.
+_NUMBER = r"-?\s?\$?\s?(?:\d(?: \d)+(?![\d,])|\d[\d,]*)(?:\.\d+)?"
+_NUMBER_RE = re.compile(_NUMBER)
+_HASH_RE = re.compile(r"####\s*(" + _NUMBER + ")")
+_BOXED_RE = re.compile(r"\\\s*boxed\s*\{")
+_FRAC_RE = re.compile(r"\\d?frac\s*\{\s*(-?[\d\s]+)\s*\}\s*\{\s*([\d\s]+)\s*\}")
+
+
+def _braced(text: str, start: int) -> Optional[str]:
+    """Content of the brace group opening just before ``start``; None if never closed."""
+    depth = 1
+    for i in range(start, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            return text[start:i]
+    return None
+
+
+def _clean_number(s: str) -> Optional[str]:
+    s = re.sub(r"[\s,$]", "", s)
+    return s if re.fullmatch(r"-?\d+(?:\.\d+)?", s) else None
+
+
+def extract_answer(text: str) -> Optional[str]:
+    """The final answer of ``text`` as a plain number string (``"-1234.5"``), or None.
+
+    ``#### n`` wins over ``\\boxed{n}``; within a format the last occurrence wins.
+    """
+    if not isinstance(text, str):
+        return None
+    hashes = list(_HASH_RE.finditer(text))
+    if hashes:
+        return _clean_number(hashes[-1].group(1))
+    if "####" in text:
+        return None  # a marker followed by no number: do not fall back to \boxed
+    for m in reversed(list(_BOXED_RE.finditer(text))):
+        inner = _braced(text, m.end())
+        if inner is None:
+            continue
+        frac = _FRAC_RE.search(inner)
+        if frac:
+            num, den = (re.sub(r"\s", "", g) for g in frac.groups())
+            return f"{num}/{den}" if int(den) != 0 else None
+        inner = re.sub(r"\\text\s*\{[^}]*\}|\\[,!; ]|\\\$", " ", inner)
+        num = _NUMBER_RE.search(inner)
+        return _clean_number(num.group(0)) if num else None
+    return None
+
+
+def to_fraction(answer: Optional[Union[str, int, float]]) -> Optional[Fraction]:
+    """Exact value of an answer string (``"36.0"``, ``"1,000"``, ``"3/4"``); None if not one."""
+    if answer is None:
+        return None
+    s = re.sub(r"[\s,$]", "", str(answer))
+    try:
+        return Fraction(s)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def target_of(row: dict) -> str:
+    """The reference answer of a GSM8K-format row: the number after its ``####``."""
+    ans = extract_answer(row["answer"])
+    if ans is None:
+        raise ValueError(f"row has no '#### <number>' in its answer: {row['answer']!r}")
+    return ans
+
+
+def grade(completion: str, target: Union[str, int]) -> bool:
+    """True iff the completion's extracted answer equals ``target`` as a number."""
+    got, want = to_fraction(extract_answer(completion)), to_fraction(target)
+    return got is not None and want is not None and got == want
+
+
+# ----------------------------------------------------------------------------- intervals
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> Tuple[float, float]:
+    """Wilson score interval for a binomial proportion (95% by default)."""
+    if n <= 0:
+        return 0.0, 1.0
+    if not 0 <= successes <= n:
+        raise ValueError(f"need 0 <= successes <= n, got {successes}, {n}")
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    # At 0/n and n/n the bound is exactly 0 or 1; say so rather than trust rounding.
+    lo = 0.0 if successes == 0 else max(0.0, centre - half)
+    hi = 1.0 if successes == n else min(1.0, centre + half)
+    return lo, hi
+
+
+def mean_interval(scores: Sequence[float], z: float = Z95) -> Tuple[float, float]:
+    """Normal interval for the mean of per-problem scores in [0, 1], clipped to [0, 1]."""
+    n = len(scores)
+    if n < 2:
+        return 0.0, 1.0
+    mean = sum(scores) / n
+    sd = math.sqrt(sum((s - mean) ** 2 for s in scores) / (n - 1))
+    half = z * sd / math.sqrt(n)
+    return max(0.0, mean - half), min(1.0, mean + half)
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def _cache_of(out) -> dict:
+    """The KV cache of a forward output, as the keyword the next call takes.
+
+    transformers >= 5.2x names it ``cache``; earlier versions ``past_key_values``.
+    """
+    cache = getattr(out, "cache", None)
+    return {"cache": cache} if cache is not None else {"past_key_values": out.past_key_values}
+
+
+@torch.no_grad()
+def generate(model, input_ids_BT: torch.Tensor, attention_mask_BT: torch.Tensor,
+             max_new_tokens: int, eos_token_id: int, pad_token_id: int, greedy: bool = True,
+             temperature: float = 1.0,
+             generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Continue left-padded prompts; returns the new tokens ``(B, <= max_new_tokens)``.
+
+    Rows that produced EOS are filled with ``pad_token_id`` after it. Sampling draws from
+    ``generator`` only, so it never touches the global RNG.
+    """
+    attn = attention_mask_BT.long()
+    # Left padding: positions count real tokens only, so a prompt's first token is at 0.
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=input_ids_BT, attention_mask=attn, position_ids=pos, use_cache=True)
+    done = torch.zeros(input_ids_BT.shape[0], dtype=torch.bool, device=input_ids_BT.device)
+    new = []
+    for _ in range(max_new_tokens):
+        logits_BV = out.logits[:, -1, :].float()
+        if greedy:
+            tok = logits_BV.argmax(-1)
+        else:
+            probs = torch.softmax(logits_BV / temperature, dim=-1)
+            tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        tok = torch.where(done, torch.full_like(tok, pad_token_id), tok)
+        new.append(tok)
+        done |= tok == eos_token_id
+        if bool(done.all()):
+            break
+        attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=-1)
+        pos = pos[:, -1:] + 1
+        out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=pos,
+                    use_cache=True, **_cache_of(out))
+    if not new:
+        return input_ids_BT.new_zeros((input_ids_BT.shape[0], 0))
+    return torch.stack(new, dim=1)
+
+
+def chat_prompt(tokenizer, question: str) -> str:
+    """The tokenizer's chat-template prompt for one user question (generation prompt on)."""
+    return tokenizer.apply_chat_template([{"role": "user", "content": question}],
+                                         tokenize=False, add_generation_prompt=True)
+
+
+@dataclass
+class EvalResult:
+    """Accuracy of a model on a problem set, with its 95% interval and per-problem records."""
+
+    accuracy: float
+    ci_low: float
+    ci_high: float
+    n: int
+    k: int
+    metric: str
+    """"pass@1" (k = 1) or "avg@k"."""
+    ci_method: str
+    records: List[dict] = field(default_factory=list)
+    """Per problem: id, question, target, completions, predictions, correct, score."""
+
+    def summary(self) -> dict:
+        """Everything but the records (for provenance files and logs)."""
+        return {k: v for k, v in self.__dict__.items() if k != "records"}
+
+
+def evaluate(model, tokenizer, problems: Sequence[dict], k: int = 1, greedy: bool = True,
+             max_new_tokens: int = 64, batch_size: int = 64,
+             generator: Optional[torch.Generator] = None, device="cpu",
+             temperature: float = 1.0,
+             prompt_fn: Optional[Callable[[str], str]] = None) -> EvalResult:
+    """Greedy pass@1, or avg@k over k samples per problem, of ``model`` on GSM8K-format rows.
+
+    Prompts are ``prompt_fn(question)`` (default: the tokenizer's chat template) tokenized
+    without extra special tokens, left-padded in batches of ``batch_size`` rows.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if greedy and k > 1:
+        raise ValueError("greedy decoding gives k identical samples: use greedy=False for k > 1")
+    if not greedy and generator is None:
+        generator = torch.Generator(device=device).manual_seed(0)
+    prompt_fn = prompt_fn or (lambda q: chat_prompt(tokenizer, q))
+    targets = [target_of(p) for p in problems]
+    prompts = [prompt_fn(p["question"]) for p in problems]
+    # Row i of the flat list is sample (i % k) of problem (i // k): prompt-major.
+    flat = [pr for pr in prompts for _ in range(k)]
+    was_training, side = model.training, tokenizer.padding_side
+    model.eval()
+    tokenizer.padding_side = "left"
+    texts: List[str] = []
+    try:
+        for s in range(0, len(flat), batch_size):
+            enc = tokenizer(flat[s:s + batch_size], return_tensors="pt", padding=True,
+                            add_special_tokens=False).to(device)
+            new_BT = generate(model, enc["input_ids"], enc["attention_mask"], max_new_tokens,
+                              tokenizer.eos_token_id, tokenizer.pad_token_id, greedy=greedy,
+                              temperature=temperature, generator=generator)
+            texts += tokenizer.batch_decode(new_BT, skip_special_tokens=True)
+    finally:
+        model.train(was_training)
+        tokenizer.padding_side = side
+    records = []
+    for i, (p, t) in enumerate(zip(problems, targets)):
+        comps = texts[i * k:(i + 1) * k]
+        correct = [grade(c, t) for c in comps]
+        records.append({"id": p.get("id", i), "question": p["question"], "target": t,
+                        "completions": comps, "predictions": [extract_answer(c) for c in comps],
+                        "correct": correct, "score": sum(correct) / k})
+    scores = [r["score"] for r in records]
+    n = len(records)
+    acc = sum(scores) / n if n else 0.0
+    if k == 1:
+        lo, hi = wilson_interval(int(sum(scores)), n)
+        metric, method = "pass@1", "Wilson score interval, 95%"
+    else:
+        lo, hi = mean_interval(scores)
+        metric, method = f"avg@{k}", "normal interval over per-problem means, 95%"
+    return EvalResult(acc, lo, hi, n, k, metric, method, records)
+
+
+# ----------------------------------------------------------------------------- GSM8K
+
+
+def read_gsm8k_jsonl(path: Union[str, Path]) -> List[dict]:
+    """Rows of a JSONL file in GSM8K's format; a bad row raises naming file and line.
+
+    Each non-blank line must be a JSON object with string ``question`` and ``answer``, the
+    answer containing ``#### <number>``. Extra keys are kept.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    rows = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            for key in ("question", "answer"):
+                if not isinstance(row.get(key), str) or not row[key].strip():
+                    raise ValueError(f"{where}: missing or empty string field {key!r}")
+            if extract_answer(row["answer"]) is None:
+                raise ValueError(f"{where}: 'answer' has no final '#### <number>'")
+            rows.append(row)
+    return rows
+
+
+def load_gsm8k(split: str = "test", path: Optional[Union[str, Path]] = None) -> List[dict]:
+    """GSM8K rows ``{"question", "answer"}``: from ``path`` (JSONL) or from the hub.
+
+    With no ``path``, loads ``openai/gsm8k`` (config ``main``) through ``datasets``; offline
+    (``HF_HUB_OFFLINE=1`` and nothing cached) this raises an error that says to pass ``path``.
+    """
+    if path is not None:
+        return read_gsm8k_jsonl(path)
+    if split not in ("train", "test"):
+        raise ValueError(f"GSM8K has splits 'train' and 'test', got {split!r}")
+    try:
+        import datasets
+
+        ds = datasets.load_dataset("openai/gsm8k", "main", split=split)
+    except Exception as e:  # offline, no cache, or no network: say how to proceed
+        raise RuntimeError(
+            f"could not load openai/gsm8k ({type(e).__name__}: {e}). Offline, pass "
+            f"path= a local JSONL in GSM8K's format (question, answer ending '#### n')."
+        ) from e
+    return [{"question": r["question"], "answer": r["answer"]} for r in ds]

@@ -1,0 +1,219 @@
+"""The paper's OPD vs OPD+ comparison in miniature: the tiny math world on a CPU.
+
+Arms: {reverse KL, forward KL, JSD} x {OPD, OPD+}, each from the shipped SFT student
+(``data/tiny_world/student``) towards the shipped teacher, plus two reference rows (the
+SFT initialisation and the teacher itself). Every arm uses the same prompts, seeds and
+hyper-parameters; only the divergence and the advantage design change.
+
+Measured per arm: greedy pass@1 on the test split with a Wilson 95% interval, avg@4 at
+temperature 1 with a normal interval, validation accuracy during training, and the
+collapse signals of method.md §6 (teacher KL, completion length, grad norm).
+
+Profiles (``OPDPLUS_PROFILE``): ``smoke`` (about 1-2 minutes; what the tests run),
+``default`` (the README's table, within 15 minutes on 2 cores) and ``full`` (more steps
+and seeds, for a GPU or a patient CPU). Arms run in ``workers`` processes with one
+thread each: on 2 cores, two single-thread processes were steadier than one process
+with two threads (tiny-world-facts.md).
+
+A killed run loses no finished arm: each arm's record is written atomically next to its
+History and reused when the same arm is asked for again with the same settings; an
+arm killed midway resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+ARMS: Tuple[Tuple[str, str], ...] = tuple(
+    (d, e) for d in ("reverse_kl", "forward_kl", "jsd") for e in ("opd", "opd+")
+)
+TASK = "tiny_math"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes of one reproduction profile."""
+
+    name: str
+    steps: int
+    """Optimizer steps per arm."""
+    seeds: Tuple[int, ...]
+    """One run per arm and seed."""
+    prompts_per_step: int = 16
+    samples_per_prompt: int = 4
+    max_new_tokens: int = 48
+    lr: float = 3e-4
+    clip_log_u: float = 6.0
+    eval_every: int = 20
+    """Validation accuracy every N steps (the learning curves)."""
+    val_problems: int = 100
+    test_problems: Optional[int] = None
+    """Test problems for the final accuracy (None: the whole split)."""
+    avg_k: int = 4
+    """avg@k at temperature 1 (0: skip)."""
+    workers: int = 2
+    checkpoint_every: int = 25
+
+
+PROFILES: Dict[str, Profile] = {
+    "smoke": Profile("smoke", steps=16, seeds=(0,), prompts_per_step=8, eval_every=8,
+                     val_problems=50, test_problems=100, avg_k=0, checkpoint_every=0),
+    "default": Profile("default", steps=120, seeds=(0, 1)),
+    "full": Profile("full", steps=300, seeds=(0, 1, 2), eval_every=25, val_problems=200),
+}
+
+
+def get_profile(name: Optional[str] = None) -> Profile:
+    name = name or os.environ.get("OPDPLUS_PROFILE", "default")
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; expected one of {sorted(PROFILES)}")
+    return PROFILES[name]
+
+
+def train_config(profile: Profile, divergence: str, estimator: str, seed: int):
+    from .config import TrainConfig
+
+    return TrainConfig(
+        divergence=divergence, estimator=estimator, steps=profile.steps, lr=profile.lr,
+        max_grad_norm=1.0, prompts_per_step=profile.prompts_per_step,
+        samples_per_prompt=profile.samples_per_prompt, max_new_tokens=profile.max_new_tokens,
+        clip_log_u=profile.clip_log_u, temperature=1.0, use_chat_template=True, seed=seed,
+        eval_every=profile.eval_every, checkpoint_every=profile.checkpoint_every,
+        progress=False,
+    )
+
+
+def _tail_mean(history: Sequence[dict], key: str, n: int = 5) -> Optional[float]:
+    xs = [r[key] for r in history if r.get(key) is not None][-n:]
+    return sum(xs) / len(xs) if xs else None
+
+
+def _test_metrics(model, tok, profile: Profile, seed: int) -> Dict[str, float]:
+    import torch
+
+    from . import tasks
+    from .evaluation import evaluate
+
+    test = tasks.load_split("test")[: profile.test_problems]
+    res = evaluate(model, tok, test, k=1, greedy=True, max_new_tokens=profile.max_new_tokens)
+    out = {"accuracy": res.accuracy, "ci_low": res.ci_low, "ci_high": res.ci_high,
+           "n_test": res.n, "metric": res.metric}
+    if profile.avg_k:
+        g = torch.Generator().manual_seed(10_000 + seed)
+        s = evaluate(model, tok, test, k=profile.avg_k, greedy=False, generator=g,
+                     max_new_tokens=profile.max_new_tokens)
+        out.update({f"avg{profile.avg_k}": s.accuracy, f"avg{profile.avg_k}_ci_low": s.ci_low,
+                    f"avg{profile.avg_k}_ci_high": s.ci_high})
+    return out
+
+
+def run_reference(role: str, profile: Profile) -> dict:
+    """The SFT initialisation (``role="student"``) or the teacher, evaluated like an arm."""
+    import torch
+
+    from . import tinyworld
+
+    torch.set_num_threads(1)
+    tok = tinyworld.load_tokenizer()
+    model = tinyworld.load_student() if role == "student" else tinyworld.load_teacher()
+    t0 = time.time()
+    rec = {"task": TASK, "divergence": "-", "estimator": "sft-init" if role == "student" else "teacher",
+           "seed": 0, **_test_metrics(model, tok, profile, 0)}
+    rec["wall_s"] = time.time() - t0
+    return rec
+
+
+def run_arm(divergence: str, estimator: str, seed: int, profile: Profile, out_root: Path) -> dict:
+    """Train one arm from the SFT student; write its History and record under ``out_root``."""
+    import torch
+
+    from . import tasks, tinyworld
+    from .checkpoint import latest_checkpoint, write_json_atomic
+    from .evaluation import evaluate
+    from .trainer import train
+
+    torch.set_num_threads(1)
+    name = f"{divergence}_{estimator.replace('+', 'plus')}_s{seed}"
+    out = Path(out_root) / "runs" / name
+    cfg = train_config(profile, divergence, estimator, seed)
+    rec_path = out / "record.json"
+    if rec_path.exists():
+        old = json.loads(rec_path.read_text())
+        if old.get("config") == cfg.to_dict() and old.get("profile") == asdict(profile):
+            return old  # finished earlier with the same settings
+    tok = tinyworld.load_tokenizer()
+    student, teacher = tinyworld.load_student(), tinyworld.load_teacher()
+    prompts = [{"prompt": r["question"]} for r in tasks.load_split("train")]
+    val = tasks.load_split("validation")[: profile.val_problems]
+
+    def eval_fn(model, step):
+        r = evaluate(model, tok, val, k=1, greedy=True, max_new_tokens=profile.max_new_tokens)
+        return {"accuracy": r.accuracy}
+
+    resume = latest_checkpoint(out) is not None
+    t0 = time.time()
+    history = train(student, teacher, tok, prompts, cfg, eval_fn=eval_fn, out_dir=out,
+                    resume=resume)
+    train_s = time.time() - t0
+    rec = {"task": TASK, "divergence": divergence, "estimator": estimator, "seed": seed,
+           **_test_metrics(student, tok, profile, seed),
+           "steps": profile.steps,
+           "final_teacher_kl": _tail_mean(history, "teacher_kl"),
+           "final_completion_len": _tail_mean(history, "completion_len"),
+           "final_truncation_frac": _tail_mean(history, "truncation_frac"),
+           "max_grad_norm": max((r["grad_norm"] for r in history if r.get("grad_norm") is not None),
+                                default=None),
+           "train_wall_s": train_s, "resumed": resume,
+           "history": str((out / "history.json").relative_to(out_root)),
+           "config": cfg.to_dict(), "profile": asdict(profile)}
+    write_json_atomic(rec_path, rec)
+    return rec
+
+
+def _quiet_worker() -> None:
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _job(args):
+    _quiet_worker()
+    kind, a, b, c, profile, out_root = args
+    if kind == "ref":
+        return run_reference(a, profile)
+    return run_arm(a, b, c, profile, out_root)
+
+
+def run_all(profile: Profile, out_root: Path, arms: Sequence[Tuple[str, str]] = ARMS) -> List[dict]:
+    """Reference rows and every (arm, seed), in ``profile.workers`` processes."""
+    jobs = [("ref", role, None, None, profile, out_root) for role in ("student", "teacher")]
+    jobs += [("arm", d, e, s, profile, out_root) for s in profile.seeds for d, e in arms]
+    if profile.workers <= 1:
+        return [_job(j) for j in jobs]
+    ctx = mp.get_context("spawn")  # fresh interpreters: no forked torch thread pools
+    with ctx.Pool(profile.workers, maxtasksperchild=4) as pool:
+        return list(pool.imap(_job, jobs))
+
+
+def histories_of(records: Sequence[dict], out_root: Path) -> Dict[str, list]:
+    hs = {}
+    for r in records:
+        if r.get("history"):
+            rows = json.loads((out_root / r["history"]).read_text())
+            hs[f"{r['divergence']}/{r['estimator']}/s{r['seed']}"] = [
+                {**x, "accuracy": x.get("eval_accuracy")} for x in rows
+            ]
+    return hs
+
+
+def public_record(r: dict) -> dict:
+    """What goes into summary.json (the full config stays in each run's record.json)."""
+    return {k: v for k, v in r.items() if k not in ("config", "profile")}

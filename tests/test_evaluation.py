@@ -1,0 +1,267 @@
+"""Grading, confidence intervals, the generation loop, evaluate() and the GSM8K loader."""
+
+import json
+import math
+import random
+import string
+
+import pytest
+import torch
+
+from opdplus import evaluation as ev
+from opdplus import tasks, tinyworld
+
+
+# ----------------------------------------------------------------------------- extraction
+
+@pytest.mark.parametrize("text, expected", [
+    ("15*2=30. 30-5=25. #### 25", "25"),
+    ("Natalia sold 48/2 = <<48/2=24>>24 clips.\n#### 72", "72"),
+    ("#### 1,234", "1234"),
+    ("#### $5", "5"),
+    ("#### $ 1,000.50", "1000.50"),
+    ("#### -7", "-7"),
+    ("####-7", "-7"),
+    ("#### - 7", "-7"),
+    ("#### 2 5", "25"),           # digit tokens joined by spaces (naive decode)
+    ("#### 1 5 0 apples", "150"),
+    ("#### 25 3", "25"),          # only single digits are rejoined
+    ("#### 25.", "25"),
+    ("#### 12.50", "12.50"),
+    ("#### 3 then later #### 4", "4"),   # the last marker wins
+    ("The answer is \\boxed{42}.", "42"),
+    ("\\boxed{1} then \\boxed{-1,000}", "-1000"),
+    ("\\boxed{\\frac{1}{2}}", "1/2"),
+    ("\\boxed{\\$18}", "18"),
+    ("\\boxed{18 \\text{ dollars}}", "18"),
+    ("\\boxed{{7}}", "7"),
+    ("#### 9 and \\boxed{8}", "9"),      # #### wins over \boxed
+    ("\\ boxed { 2 5 }", "25"),
+])
+def test_extract_answer(text, expected):
+    assert ev.extract_answer(text) == expected
+
+
+@pytest.mark.parametrize("text", [
+    "", "no answer here", "the answer is 25", "####", "#### abc", "#### -", "\\boxed{",
+    "\\boxed{x}", "\\boxed{\\frac{1}{0}}", "#### #### ####", None, 25,
+])
+def test_unparseable_answers_are_none(text):
+    assert ev.extract_answer(text) is None
+
+
+def test_grade_compares_numbers():
+    assert ev.grade("A: 3*12=36. #### 36.0", "36")
+    assert ev.grade("#### 1,000", 1000)
+    assert ev.grade("\\boxed{\\frac{1}{2}}", "0.5")
+    assert ev.grade("#### -4", "-4")
+    assert not ev.grade("#### 35", "36")
+    assert not ev.grade("#### 4", "-4")
+    assert not ev.grade("the answer is 36", "36")   # no marker: wrong, not guessed
+    assert not ev.grade("#### 36", "not a number")
+
+
+def test_grading_never_crashes_on_garbage():
+    rng = random.Random(0)
+    alphabet = string.printable + "#$\\{}—½٣"
+    for _ in range(2000):
+        s = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
+        if rng.random() < 0.5:
+            s = rng.choice(["#### ", "\\boxed{", "####-"]) + s
+        ans = ev.extract_answer(s)
+        assert ans is None or ev.to_fraction(ans) is not None
+        ev.grade(s, "7")
+
+
+def test_grading_agrees_with_reasoning_gym_scorer():
+    rg_utils = pytest.importorskip("reasoning_gym.utils")
+    rng = random.Random(1)
+    for _ in range(300):
+        oracle = str(rng.randint(-500, 5000))
+        guess = rng.choice([oracle, str(int(oracle) + rng.randint(1, 9)),
+                            f"{int(oracle):,}", oracle + ".0", oracle + ".5"])
+        ours = ev.grade(f"#### {guess}", oracle)
+        theirs = rg_utils.compute_decimal_reward(guess, oracle) == 1.0
+        assert ours == theirs, (guess, oracle)
+
+
+# ----------------------------------------------------------------------------- intervals
+
+def test_wilson_matches_hand_computed_values():
+    # 8/10: centre (0.8 + z^2/20) / (1 + z^2/10), half-width from the score formula, by hand.
+    lo, hi = ev.wilson_interval(8, 10)
+    assert lo == pytest.approx(0.4902, abs=5e-5) and hi == pytest.approx(0.9433, abs=5e-5)
+    # 0/n has the closed form upper = z^2 / (n + z^2).
+    z2 = ev.Z95 ** 2
+    assert ev.wilson_interval(0, 20) == pytest.approx((0.0, z2 / (20 + z2)))
+    assert ev.wilson_interval(20, 20) == pytest.approx((20 / (20 + z2), 1.0))
+
+
+@pytest.mark.parametrize("x, n", [(1, 7), (13, 40), (161, 200), (3, 300)])
+def test_wilson_bounds_solve_the_score_equation(x, n):
+    # The Wilson bounds are the roots in p of (x/n - p)^2 = z^2 p (1 - p) / n.
+    for p in ev.wilson_interval(x, n):
+        assert (x / n - p) ** 2 == pytest.approx(ev.Z95 ** 2 * p * (1 - p) / n, abs=1e-12)
+
+
+def test_wilson_rejects_impossible_counts():
+    with pytest.raises(ValueError):
+        ev.wilson_interval(5, 4)
+
+
+def test_mean_interval_by_hand():
+    # scores 1, 0, 1, 1: mean 0.75, sample sd 0.5, half-width 1.96 * 0.5 / 2.
+    lo, hi = ev.mean_interval([1, 0, 1, 1])
+    assert lo == pytest.approx(0.75 - ev.Z95 * 0.25) and hi == 1.0  # clipped
+    lo, hi = ev.mean_interval([0.25, 0.5, 0.75])
+    assert (lo + hi) / 2 == pytest.approx(0.5)
+    assert hi - lo == pytest.approx(2 * ev.Z95 * 0.25 / math.sqrt(3))
+
+
+# ----------------------------------------------------------------------------- generation
+
+@pytest.fixture(scope="module")
+def tok():
+    return tinyworld.tiny_world_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def random_model(tok):
+    return tinyworld.build_model(tinyworld.STUDENT, tok, seed=3).eval()
+
+
+@pytest.fixture(scope="module")
+def problems():
+    return tasks.generate_split("test", 12, seed=11)
+
+
+def _left_padded(tok, problems):
+    tok.padding_side = "left"
+    return tok([tinyworld.format_prompt(p["question"]) for p in problems], return_tensors="pt",
+               padding=True, add_special_tokens=False)
+
+
+def test_greedy_loop_matches_hf_generate(tok, random_model, problems):
+    enc = _left_padded(tok, problems)
+    assert (enc["attention_mask"] == 0).any()  # the batch really is padded
+    ours = ev.generate(random_model, enc["input_ids"], enc["attention_mask"], 12,
+                       tok.eos_token_id, tok.pad_token_id)
+    ref = random_model.generate(**enc, max_new_tokens=12, do_sample=False,
+                                pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    ref = ref[:, enc["input_ids"].shape[1]:]
+    assert torch.equal(ours, ref[:, :ours.shape[1]])
+
+
+def test_sampling_uses_only_the_given_generator(tok, random_model, problems):
+    enc = _left_padded(tok, problems)
+
+    def sample(seed):
+        g = torch.Generator().manual_seed(seed)
+        return ev.generate(random_model, enc["input_ids"], enc["attention_mask"], 10,
+                           tok.eos_token_id, tok.pad_token_id, greedy=False, generator=g)
+
+    torch.manual_seed(0)
+    a = sample(1)
+    torch.manual_seed(99)  # the global RNG must not matter
+    assert torch.equal(a, sample(1))
+    assert not torch.equal(a, sample(2))
+
+
+def test_evaluate_records_and_metrics(tok, random_model, problems):
+    res = ev.evaluate(random_model, tok, problems, max_new_tokens=8, batch_size=5)
+    assert res.n == len(problems) and res.k == 1 and res.metric == "pass@1"
+    assert "Wilson" in res.ci_method
+    assert res.accuracy == sum(r["correct"][0] for r in res.records) / res.n
+    assert 0 <= res.ci_low <= res.accuracy <= res.ci_high <= 1
+    assert [r["target"] for r in res.records] == [str(p["final"]) for p in problems]
+
+    g = torch.Generator().manual_seed(0)
+    res4 = ev.evaluate(random_model, tok, problems, k=4, greedy=False, max_new_tokens=8,
+                       generator=g)
+    assert res4.metric == "avg@4" and "normal" in res4.ci_method
+    assert all(len(r["completions"]) == 4 for r in res4.records)
+    with pytest.raises(ValueError, match="greedy"):
+        ev.evaluate(random_model, tok, problems, k=2, greedy=True)
+
+
+def test_evaluate_counts_correct_answers(tok, random_model, problems, monkeypatch):
+    # Replace generation by an oracle that answers the first half right: accuracy 1/2.
+    def fake_generate(model, ids, attn, *a, **k):
+        rows = []
+        for i in range(ids.shape[0]):
+            q = tok.decode(ids[i], skip_special_tokens=True)
+            p = next(p for p in problems if p["question"] in q)
+            idx = problems.index(p)
+            ans = p["final"] if idx < len(problems) // 2 else p["final"] + 1
+            rows.append(tok(f" #### {ans}", add_special_tokens=False)["input_ids"])
+        width = max(map(len, rows))
+        return torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in rows])
+
+    monkeypatch.setattr(ev, "generate", fake_generate)
+    res = ev.evaluate(random_model, tok, problems, batch_size=5)
+    assert res.accuracy == 0.5
+    assert res.records[0]["predictions"] == [str(problems[0]["final"])]
+
+
+# ----------------------------------------------------------------------------- GSM8K
+
+GSM8K_ROWS = [
+    {"question": "Natalia sold clips to 48 of her friends in April, and then she sold half as "
+                 "many clips in May. How many clips did Natalia sell altogether in April and "
+                 "May?",
+     "answer": "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nNatalia sold 48+24 = "
+               "<<48+24=72>>72 clips altogether in April and May.\n#### 72"},
+    {"question": "Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of "
+                 "babysitting. How much did she earn?",
+     "answer": "Weng earns 12/60 = $<<12/60=0.2>>0.2 per minute.\nWorking 50 minutes, she "
+               "earned 0.2 x 50 = $<<0.2*50=10>>10.\n#### 10"},
+    {"question": "A big number?", "answer": "It is 1,200 + 34.\n#### 1,234"},
+]
+
+
+def _write(tmp_path, lines):
+    path = tmp_path / "gsm8k_test.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_load_gsm8k_local_file(tmp_path):
+    path = _write(tmp_path, [json.dumps(r) for r in GSM8K_ROWS] + [""])
+    rows = ev.load_gsm8k("test", path=path)
+    assert [ev.target_of(r) for r in rows] == ["72", "10", "1234"]
+    assert ev.grade("so #### 1,234", ev.target_of(rows[2]))
+
+
+@pytest.mark.parametrize("bad, message", [
+    ('{"question": "q", "answer": "#### 1"', "not valid JSON"),
+    ('{"question": "q"}', "'answer'"),
+    ('{"question": "", "answer": "#### 1"}', "'question'"),
+    ('{"question": "q", "answer": 5}', "'answer'"),
+    ('["q", "#### 1"]', "JSON object"),
+    ('{"question": "q", "answer": "it is 5"}', "####"),
+])
+def test_malformed_gsm8k_rows_name_file_and_line(tmp_path, bad, message):
+    path = _write(tmp_path, [json.dumps(GSM8K_ROWS[0]), bad, json.dumps(GSM8K_ROWS[1])])
+    with pytest.raises(ValueError) as err:
+        ev.load_gsm8k("test", path=path)
+    assert f"{path}:2" in str(err.value) and message in str(err.value)
+
+
+def test_load_gsm8k_missing_file_and_hub(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError):
+        ev.load_gsm8k("test", path=tmp_path / "nope.jsonl")
+    datasets = pytest.importorskip("datasets")
+
+    def offline(*a, **k):
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(RuntimeError, match="path="):
+        ev.load_gsm8k("test")
+
+    def fake_hub(name, config, split):
+        assert (name, config, split) == ("openai/gsm8k", "main", "train")
+        return [dict(r, extra=1) for r in GSM8K_ROWS]
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_hub)
+    assert ev.load_gsm8k("train") == GSM8K_ROWS
