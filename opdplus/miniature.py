@@ -89,6 +89,10 @@ def train_config(profile: Profile, divergence: str, estimator: str, seed: int):
     )
 
 
+def _jsonable(x):
+    return json.loads(json.dumps(x))
+
+
 def _tail_mean(history: Sequence[dict], key: str, n: int = 5) -> Optional[float]:
     xs = [r[key] for r in history if r.get(key) is not None][-n:]
     return sum(xs) / len(xs) if xs else None
@@ -145,7 +149,8 @@ def run_arm(divergence: str, estimator: str, seed: int, profile: Profile, out_ro
     rec_path = out / "record.json"
     if rec_path.exists():
         old = json.loads(rec_path.read_text())
-        if old.get("config") == cfg.to_dict() and old.get("profile") == asdict(profile):
+        if old.get("config") == _jsonable(cfg.to_dict()) and old.get("profile") == _jsonable(
+                asdict(profile)):
             return old  # finished earlier with the same settings
     tok = tinyworld.load_tokenizer()
     student, teacher = tinyworld.load_student(), tinyworld.load_teacher()

@@ -423,10 +423,150 @@ def fig_learning_curves(
     return fig
 
 
+def fig_accuracy(
+    results: Mapping[Any, Union[float, Mapping[str, float], Sequence[float]]],
+    title: str = "Accuracy",
+    y_title: str = "accuracy (fraction correct)",
+    reference: Optional[Mapping[str, float]] = None,
+) -> go.Figure:
+    """One bar per arm with its 95% interval: ``results[arm] = (accuracy, low, high)``.
+
+    A value may also be a mapping with ``accuracy``, ``ci_low``, ``ci_high`` (an
+    ``EvalResult.summary()``) or a bare number (no interval). Bars take the arm's style
+    (``arm_style``: divergence colour, estimator fill pattern). ``reference`` draws
+    labelled horizontal lines, e.g. ``{"SFT init": 0.27, "teacher": 0.9}``.
+    """
+    if not results:
+        raise ValueError("no results to draw")
+    fig = go.Figure()
+    for i, (arm, v) in enumerate(results.items()):
+        if isinstance(v, Mapping):
+            acc, lo, hi = v["accuracy"], v.get("ci_low"), v.get("ci_high")
+        elif isinstance(v, (int, float)):
+            acc, lo, hi = v, None, None
+        else:
+            acc, lo, hi = v
+        name = "/".join(arm) if isinstance(arm, tuple) else str(arm)
+        err = None
+        if lo is not None and hi is not None:
+            err = dict(type="data", symmetric=False, array=[float(hi) - float(acc)],
+                       arrayminus=[float(acc) - float(lo)], color="black", thickness=1.2)
+        pattern = ESTIMATOR_PATTERN.get(estimator_of(name) or "exact", "")
+        fig.add_bar(x=[name], y=[float(acc)], name=name, error_y=err,
+                    marker=dict(color=arm_style(arm, i)["color"], pattern_shape=pattern,
+                                line=dict(color="black", width=0.5)))
+    for j, (label, y) in enumerate((reference or {}).items()):
+        fig.add_hline(y=float(y), line=dict(color=TEACHER_COLOR if "teacher" in label.lower()
+                                            else "#888888", dash="dash", width=1),
+                      annotation_text=f"{label} {float(y):.2f}", annotation_position="top left")
+    fig = _finish(fig, f"{title}<br><sup>bars: 95% interval</sup>", "arm", y_title,
+                  showlegend=False)
+    fig.update_yaxes(range=[0, 1.05])
+    fig.update_layout(margin=dict(l=60, r=20, t=90, b=50))
+    return fig
+
+
+# ----------------------------------------------------------------------------- tokens and costs
+
+
+def fig_token_heatmap(
+    tokens: Sequence[str],
+    panels: Mapping[str, Mapping[str, Any]],
+    title: str = "Per-token view of one completion",
+    x_title: str = "completion token (position: token)",
+    clip_quantile: float = 0.95,
+    text_format: str = ".2f",
+) -> go.Figure:
+    """Per-token values over one completion: one heatmap panel per quantity, one row per series.
+
+    ``panels[panel_title][row_label]`` is a length-``len(tokens)`` vector; the panel
+    title is the y-axis title and carries the unit (e.g. ``"log-probability (nats)"``).
+    Each panel has its own colour bar: a panel whose values all have one sign uses the
+    sequential ``Viridis`` scale; one with both signs uses the diverging ``RdBu`` scale
+    centred at 0, so the *sign* of an advantage reads as colour (blue up, red down).
+    The colour range stops at the ``clip_quantile`` of |value| so one extreme token does
+    not wash out the rest; every cell also prints its exact value. Tokens are placed by
+    position (repeated tokens stay separate columns).
+    """
+    if not panels:
+        raise ValueError("no panels to draw")
+    n = len(tokens)
+    names = list(panels)
+    fig = make_subplots(rows=len(names), cols=1, shared_xaxes=True, vertical_spacing=0.06,
+                        row_heights=[max(1, len(panels[p])) for p in names])
+    for i, ptitle in enumerate(names):
+        rows = {str(k): _np(v).ravel() for k, v in panels[ptitle].items()}
+        for label, z in rows.items():
+            if z.size != n:
+                raise ValueError(f"panel {ptitle!r} row {label!r} has {z.size} values for "
+                                 f"{n} tokens")
+        z = np.stack(list(rows.values()))
+        finite = np.abs(z[np.isfinite(z)])
+        top = float(np.quantile(finite, clip_quantile)) if finite.size else 1.0
+        top = top if top > 0 else 1.0
+        if np.nanmin(z) < 0 < np.nanmax(z):
+            scale = dict(colorscale="RdBu", zmid=0.0, zmin=-top, zmax=top)
+        else:
+            lo, hi = (-top, 0.0) if np.nanmax(z) <= 0 else (0.0, top)
+            scale = dict(colorscale="Viridis", zmin=lo, zmax=hi)
+        yaxis = fig.layout["yaxis" if i == 0 else f"yaxis{i + 1}"]
+        d0, d1 = yaxis.domain
+        fig.add_heatmap(
+            z=z, x=list(range(n)), y=list(rows), **scale, name=ptitle,
+            texttemplate=f"%{{z:{text_format}}}", textfont=dict(size=9),
+            customdata=np.tile(np.asarray(list(tokens), dtype=object), (len(rows), 1)),
+            hovertemplate="%{y} at %{x} (%{customdata}): %{z:.4g}<extra></extra>",
+            colorbar=dict(y=(d0 + d1) / 2, len=max(d1 - d0, 0.1), thickness=12),
+            row=i + 1, col=1,
+        )
+        fig.update_yaxes(title_text=ptitle, autorange="reversed", row=i + 1, col=1)
+    ticks = [f"{k}: {t}" for k, t in enumerate(tokens)]
+    fig.update_xaxes(tickvals=list(range(n)), ticktext=ticks, tickangle=-60)
+    fig.update_xaxes(title_text=x_title, row=len(names), col=1)
+    fig.update_layout(title=title, height=110 * sum(max(1, len(panels[p])) for p in names) + 220,
+                      **_SUBPLOT_LAYOUT)
+    return fig
+
+
+def fig_measurements(
+    table: Mapping[str, Mapping[str, float]],
+    title: str = "Measured costs",
+    x_title: str = "variant",
+) -> go.Figure:
+    """Side-by-side bars of measured costs: ``table[metric_with_unit][variant] = value``.
+
+    One panel per metric (its key, which must name the unit, is the y-axis title), one
+    bar per variant in a fixed colour per variant across panels; each bar is labelled
+    with its value. For memory, time or FLOP comparisons measured in a notebook.
+    """
+    if not table:
+        raise ValueError("no measurements to draw")
+    metrics = list(table)
+    variants: List[str] = []
+    for m in metrics:
+        variants += [v for v in table[m] if v not in variants]
+    colors = {v: OTHER_COLORS[i % len(OTHER_COLORS)] for i, v in enumerate(variants)}
+    fig = make_subplots(rows=1, cols=len(metrics), horizontal_spacing=0.12,
+                        subplot_titles=metrics)
+    for j, m in enumerate(metrics):
+        xs = list(table[m])
+        ys = [float(table[m][v]) for v in xs]
+        fig.add_bar(x=xs, y=ys, marker_color=[colors[v] for v in xs], showlegend=False,
+                    text=[f"{y:.3g}" for y in ys], textposition="outside", name=m,
+                    row=1, col=j + 1)
+        fig.update_yaxes(title_text=m, rangemode="tozero", row=1, col=j + 1)
+        top = max(ys) if ys else 1.0
+        fig.update_yaxes(range=[0, 1.15 * top if top > 0 else 1.0], row=1, col=j + 1)
+    fig.update_xaxes(title_text=x_title)
+    fig.update_layout(title=title, **_SUBPLOT_LAYOUT)
+    return fig
+
+
 __all__ = [
     "DIVERGENCE_COLORS", "ESTIMATOR_DASH", "ESTIMATOR_PATTERN", "TEACHER_COLOR", "OTHER_COLORS",
     "METRIC_LABELS", "DEFAULT_METRICS",
     "divergence_color", "divergence_label", "estimator_of", "arm_style",
     "fig_generators", "fig_advantages", "fig_categorical", "fig_gradient_agreement",
-    "fig_dynamics", "fig_mc_histograms", "fig_learning_curves",
+    "fig_dynamics", "fig_mc_histograms", "fig_learning_curves", "fig_accuracy",
+    "fig_token_heatmap", "fig_measurements",
 ]

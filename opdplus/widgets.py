@@ -127,4 +127,54 @@ def dynamics_explorer(runs: Mapping[Any, Mapping[str, Any]], teacher_probs: Any,
     return FigureBox(build, {"step": slider})
 
 
-__all__ = ["FigureBox", "divergence_explorer", "teacher_shape_explorer", "dynamics_explorer"]
+class TrainingMonitor(W.VBox):
+    """Live learning curves while ``opdplus.trainer.train`` runs: a status line above an ``Output``.
+
+    ``monitor.callback(arm)`` returns a trainer callback ``cb(step, record, history)``
+    (pass it in ``train(..., callbacks=[...])``); each arm gets its own. Every ``every``
+    steps, and at an arm's ``last_step``, the callback redraws
+    ``plotting.fig_learning_curves`` over every arm seen so far, so earlier arms stay on
+    the figure for comparison. The figure is written into the ``Output`` (as
+    ``FigureBox`` does) and kept on ``monitor.figure``, so it also works with no
+    frontend (nbval, a script): nothing here needs a browser.
+    """
+
+    def __init__(self, metrics: Optional[Sequence[str]] = None, every: int = 1,
+                 title: str = "Training curves (live)", cols: int = 3):
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        self.metrics = list(metrics) if metrics is not None else None
+        self.every, self.title, self.cols = int(every), title, cols
+        self.histories: Dict[str, Any] = {}
+        self.figure: Optional[go.Figure] = None
+        self.redraws = 0
+        self.status = W.HTML(value="waiting for the first step")
+        self.output = W.Output()
+        super().__init__([self.status, self.output])
+
+    def callback(self, arm: str, last_step: Optional[int] = None) -> Callable:
+        """A ``cb(step, record, history)`` that files the run under ``arm`` and redraws."""
+        def cb(step: int, record: Mapping[str, Any], history: Any) -> None:
+            self.histories[arm] = history  # the trainer's live History (appended in place)
+            parts = [f"{k} {record[k]:.3g}" for k in ("loss", "teacher_kl", "grad_norm",
+                                                     "accuracy") if record.get(k) is not None]
+            self.status.value = f"<b>{arm}</b> step {step}: " + ", ".join(parts)
+            if (step + 1) % self.every == 0 or (last_step is not None and step >= last_step):
+                self.refresh()
+        return cb
+
+    def refresh(self) -> Optional[go.Figure]:
+        """Redraw the curves of every arm so far (no-op before the first step)."""
+        if not self.histories:
+            return None
+        self.figure = plotting.fig_learning_curves(self.histories, metrics=self.metrics,
+                                                   cols=self.cols, title=self.title)
+        bundle = dict(self.figure._repr_mimebundle_() or {})
+        bundle.setdefault("text/plain", f"<plotly figure: {self.title}>")
+        self.output.outputs = ({"output_type": "display_data", "data": bundle, "metadata": {}},)
+        self.redraws += 1
+        return self.figure
+
+
+__all__ = ["FigureBox", "divergence_explorer", "teacher_shape_explorer", "dynamics_explorer",
+           "TrainingMonitor"]
