@@ -64,7 +64,7 @@ class Profile:
 PROFILES: Dict[str, Profile] = {
     "smoke": Profile("smoke", steps=16, seeds=(0,), prompts_per_step=8, eval_every=8,
                      val_problems=50, test_problems=100, avg_k=0, checkpoint_every=0),
-    "default": Profile("default", steps=120, seeds=(0, 1)),
+    "default": Profile("default", steps=100, seeds=(0, 1)),
     "full": Profile("full", steps=300, seeds=(0, 1, 2), eval_every=25, val_problems=200),
 }
 
@@ -213,8 +213,10 @@ def histories_of(records: Sequence[dict], out_root: Path) -> Dict[str, list]:
     for r in records:
         if r.get("history"):
             rows = json.loads((out_root / r["history"]).read_text())
+            # the validation accuracy is "accuracy" in the History ("eval_accuracy" if the
+            # trainer ever had to rename it)
             hs[f"{r['divergence']}/{r['estimator']}/s{r['seed']}"] = [
-                {**x, "accuracy": x.get("eval_accuracy")} for x in rows
+                {**x, "accuracy": x.get("accuracy", x.get("eval_accuracy"))} for x in rows
             ]
     return hs
 

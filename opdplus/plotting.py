@@ -10,7 +10,9 @@ One visual language everywhere:
 - one line dash per estimator (``ESTIMATOR_DASH``: exact solid, OPD dashed, OPD+
   dotted) and, for bars, one fill pattern per estimator (``ESTIMATOR_PATTERN``);
 - the teacher is always drawn in ``TEACHER_COLOR``;
-- every axis has a title with its unit (nats, probability, step, tokens, ...).
+- every axis has a title with its unit (nats, probability, step, tokens, ...);
+- per-token heatmaps (``fig_token_heatmap``) use a sequential scale for one-signed
+  values and a diverging one centred at 0 for signed values such as advantages.
 
 Inputs are plain numbers, lists, numpy arrays or torch tensors (converted by
 ``_np``). Beyond evaluating the library's own closed forms (``f`` and the

@@ -5,6 +5,9 @@ Each explorer is a ``FigureBox``: a row of controls above an ``Output`` area, an
 figure is kept on ``box.figure`` so tests (and readers) can inspect it without a
 browser. There is no logic here beyond wiring: anything that computes (a fit, a
 dynamics run) is passed in by the notebook, which is where the lesson lives.
+``TrainingMonitor`` is the same idea driven by the trainer instead of a slider: its
+``callback(arm)`` is a ``train(..., callbacks=[...])`` hook that redraws
+``plotting.fig_learning_curves`` as the steps come in.
 
 Why ``Output`` and not ``go.FigureWidget``: plotly >= 6 needs the optional
 ``anywidget`` package for ``FigureWidget``. Writing the figure's mime bundle into

@@ -276,3 +276,89 @@ def test_dynamics_explorer_moves_through_steps():
     at_step_20 = runs[("forward_kl", "opd")]["probs"][2].numpy()  # recorded every 10 steps
     np.testing.assert_allclose(box.figure.data[1].y, at_step_20)
     assert not np.allclose(box.figure.data[1].y, 1 / 3)
+
+
+# ----------------------------------------------------------------------------- notebooks 04-06
+
+
+def test_fig_accuracy_draws_each_arm_with_its_interval_and_style():
+    results = {"forward_kl/opd": (0.03, 0.01, 0.08),
+               "forward_kl/opd+": {"accuracy": 0.29, "ci_low": 0.21, "ci_high": 0.39},
+               "teacher": 0.9}
+    fig = plotting.fig_accuracy(results, reference={"SFT init": 0.27})
+    assert [t.name for t in fig.data] == list(results)
+    assert_axes_titled(fig)
+    opd, plus, teacher = fig.data
+    assert opd.marker.color == plotting.DIVERGENCE_COLORS["forward_kl"]
+    assert opd.marker.pattern.shape == plotting.ESTIMATOR_PATTERN["opd"]
+    assert plus.marker.pattern.shape == plotting.ESTIMATOR_PATTERN["opd+"]
+    assert plus.y[0] == pytest.approx(0.29)
+    assert plus.error_y.array[0] == pytest.approx(0.10)  # up to ci_high
+    assert plus.error_y.arrayminus[0] == pytest.approx(0.08)  # down to ci_low
+    assert teacher.error_y.array is None  # a bare number has no interval
+    assert fig.layout.shapes[0].y0 == pytest.approx(0.27)  # the reference line
+    with pytest.raises(ValueError, match="no results"):
+        plotting.fig_accuracy({})
+
+
+def test_fig_token_heatmap_panels_scales_and_token_positions():
+    tokens = ["1", "5", "=", "1", "5", "."]  # repeated tokens must stay separate columns
+    logp = {"student log p": [-0.1, -2.0, -0.5, -0.3, -4.0, -0.2],
+            "teacher log q": [-0.2, -0.1, -0.4, -0.3, -0.1, -0.1]}
+    adv = {"OPD −f(u)": [0.1, -5.0, 0.0, 0.0, -40.0, 0.1],
+           "OPD+ w_f(u)": [0.9, 6.7, 1.1, 1.0, 50.0, 1.1]}
+    fig = plotting.fig_token_heatmap(tokens, {"log-probability (nats)": logp,
+                                              "advantage (nats)": adv}, clip_quantile=0.75)
+    assert len(fig.data) == 2 and all(t.type == "heatmap" for t in fig.data)
+    assert_axes_titled(fig)
+    lp, ad = fig.data
+    np.testing.assert_allclose(np.asarray(ad.z), np.array(list(adv.values())))
+    assert list(lp.y) == list(logp) and list(ad.y) == list(adv)
+    assert list(lp.x) == list(range(len(tokens)))
+    # one sign -> sequential scale ending at 0; both signs -> diverging, centred at 0
+    assert lp.zmax == 0.0 and lp.zmin < 0
+    assert ad.zmid == 0.0 and ad.zmin == -ad.zmax
+    assert ad.zmax < 50.0  # clipped at the quantile so one extreme token does not dominate
+    assert lp.colorbar.y != ad.colorbar.y  # one colour bar per panel, beside its panel
+    ticktext = fig.layout.xaxis2.ticktext
+    assert list(ticktext) == [f"{i}: {t}" for i, t in enumerate(tokens)]
+    with pytest.raises(ValueError, match="6 tokens"):
+        plotting.fig_token_heatmap(tokens, {"x": {"row": [1.0, 2.0]}})
+    with pytest.raises(ValueError, match="no panels"):
+        plotting.fig_token_heatmap(tokens, {})
+
+
+def test_fig_measurements_one_panel_per_metric_same_colour_per_variant():
+    table = {"peak memory (MiB)": {"naive": 600.0, "library": 40.0},
+             "time (s)": {"naive": 2.0, "library": 1.5}}
+    fig = plotting.fig_measurements(table)
+    assert len(fig.data) == 2
+    assert_axes_titled(fig)
+    assert [a.text for a in fig.layout.annotations] == list(table)
+    assert list(fig.data[0].y) == [600.0, 40.0]
+    assert list(fig.data[0].marker.color) == list(fig.data[1].marker.color)
+    with pytest.raises(ValueError, match="no measurements"):
+        plotting.fig_measurements({})
+
+
+def test_training_monitor_is_a_trainer_callback_that_redraws():
+    mon = widgets.TrainingMonitor(metrics=["loss", "teacher_kl"], every=2)
+    assert mon.refresh() is None and not mon.output.outputs  # nothing before the first step
+    runs = {}
+    for arm in ("forward_kl/opd", "forward_kl/opd+"):
+        cb = mon.callback(arm, last_step=4)
+        history = runs.setdefault(arm, [])
+        for step in range(5):
+            rec = {"step": step, "loss": 1.0 / (step + 1), "teacher_kl": 0.5 + step,
+                   "grad_norm": 2.0}
+            history.append(rec)
+            cb(step, rec, history)
+    # every 2nd step (steps 1, 3) plus the last step (4), for each arm
+    assert mon.redraws == 6
+    assert mon.output.outputs, "the figure was not written to the output area"
+    assert "forward_kl/opd+" in mon.status.value and "step 4" in mon.status.value
+    names = [t.name for t in mon.figure.data]
+    assert names == ["forward_kl/opd", "forward_kl/opd", "forward_kl/opd+", "forward_kl/opd+"]
+    np.testing.assert_allclose(mon.figure.data[3].y, [0.5, 1.5, 2.5, 3.5, 4.5])
+    with pytest.raises(ValueError, match="every"):
+        widgets.TrainingMonitor(every=0)
