@@ -165,10 +165,13 @@ def pg_loss(
     )
     ref = s_det if sampler_logp_BT is None else sampler_logp_BT.detach()
     log_ratio = torch.where(mask, student_logp_BT - ref, torch.zeros_like(student_logp_BT))
-    ratio = log_ratio.exp()
+    ratio = log_ratio.exp()  # rho, value and gradient (grad rho = rho grad log p_theta)
     if max_importance_ratio is not None:
-        # truncated importance weight: min(rho, c), gradient kept where rho < c
-        ratio = torch.minimum(ratio, torch.full_like(ratio, float(max_importance_ratio)))
+        # Truncated importance sampling: weight min(rho, c), gradient min(rho, c) grad log p.
+        # (Clamping rho itself would zero the gradient of every token above c.)
+        weight = ratio.detach().clamp(max=float(max_importance_ratio))
+        logp_m = torch.where(mask, student_logp_BT, torch.zeros_like(student_logp_BT))
+        ratio = weight * (logp_m - logp_m.detach()).exp()
     n_local = mask.sum()
     N = n_local if num_tokens is None else torch.as_tensor(num_tokens, device=adv.device)
     N = N.to(cdt).clamp_min(1.0)

@@ -22,6 +22,7 @@ arm killed midway resumes from its last checkpoint.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -89,6 +90,20 @@ def train_config(profile: Profile, divergence: str, estimator: str, seed: int):
     )
 
 
+def fingerprint() -> str:
+    """Hash of the package's code and the shipped checkpoints: a stored arm is reused only if
+    neither changed (after a code fix, ``make reproduce`` retrains rather than reprint)."""
+    from . import tinyworld
+
+    h = hashlib.sha256()
+    for p in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(p.name.encode())
+        h.update(p.read_bytes())
+    for role in ("teacher", "student"):
+        h.update((tinyworld.data_dir() / role / "model.safetensors").read_bytes())
+    return h.hexdigest()[:16]
+
+
 def _jsonable(x):
     return json.loads(json.dumps(x))
 
@@ -149,8 +164,9 @@ def run_arm(divergence: str, estimator: str, seed: int, profile: Profile, out_ro
     rec_path = out / "record.json"
     if rec_path.exists():
         old = json.loads(rec_path.read_text())
-        if old.get("config") == _jsonable(cfg.to_dict()) and old.get("profile") == _jsonable(
-                asdict(profile)):
+        if (old.get("config") == _jsonable(cfg.to_dict())
+                and old.get("profile") == _jsonable(asdict(profile))
+                and old.get("fingerprint") == fingerprint()):
             return old  # finished earlier with the same settings
     tok = tinyworld.load_tokenizer()
     student, teacher = tinyworld.load_student(), tinyworld.load_teacher()
@@ -176,6 +192,7 @@ def run_arm(divergence: str, estimator: str, seed: int, profile: Profile, out_ro
                                 default=None),
            "train_wall_s": train_s, "resumed": resume,
            "history": str((out / "history.json").relative_to(out_root)),
+           "fingerprint": fingerprint(),
            "config": cfg.to_dict(), "profile": asdict(profile)}
     write_json_atomic(rec_path, rec)
     return rec

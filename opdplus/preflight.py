@@ -11,9 +11,9 @@ first difference:
 4. the models' output-embedding sizes against the tokenizer.
 
 Embedding tables are often padded past the real vocabulary (e.g. to a multiple of 64).
-When the two models' tables differ in size but both cover the tokenizer, the answer is
-the real vocabulary size: slice both models' logits to it (``score(..., vocab_size=)``,
-``sample(..., vocab_size=)``). When they agree, their common size is returned.
+When both tables cover the tokenizer, the answer is the real vocabulary size
+``len(tokenizer)``, whether the tables differ or are padded alike: slice both models'
+logits to it (``score(..., vocab_size=)``, ``sample(..., vocab_size=)``).
 """
 
 from __future__ import annotations
@@ -130,6 +130,6 @@ def preflight(teacher_tok, student_tok, teacher_model=None, student_model=None) 
                 "tokens; "
                 "resize its embeddings (model.resize_token_embeddings(len(tokenizer)))"
             )
-    if rows["teacher"] == rows["student"]:
-        return rows["teacher"]
+    # Padded rows (e.g. Qwen3: 151,936 rows for 151,669 tokens) are never real tokens: slice
+    # them off even when both tables are padded alike, so nothing samples or normalises over them.
     return real

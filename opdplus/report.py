@@ -49,6 +49,7 @@ def aggregate(records: Sequence[Mapping]) -> List[Dict]:
             "teacher_kl": _mean([r.get("final_teacher_kl") for r in rs]),
             "completion_len": _mean([r.get("final_completion_len") for r in rs]),
             "grad_norm": _mean([r.get("max_grad_norm") for r in rs]),
+            "avg4": _mean([r.get("avg4") for r in rs]),
         })
     return rows
 
@@ -65,11 +66,13 @@ def _f(x, fmt="{:.2f}"):
 def format_table(records: Sequence[Mapping]) -> str:
     """Markdown table: one row per arm, seeds side by side with their 95% intervals."""
     check_records(records)
-    lines = ["| arm | test accuracy per seed [95% CI] | mean | final teacher KL (nats/token) | "
-             "final completion length | max grad norm |", "|---|---|---|---|---|---|"]
+    lines = ["| arm | greedy pass@1 on test, per seed [95% Wilson CI] | mean | avg@4 (T = 1), mean | "
+             "final teacher KL (nats/token) | final completion length | max grad norm |",
+             "|---|---|---|---|---|---|---|"]
     for row in aggregate(records):
         seeds = "; ".join(f"s{s}: {a:.3f} [{lo:.3f}, {hi:.3f}]" for s, a, lo, hi in row["per_seed"])
-        lines.append(f"| {row['arm']} | {seeds} | {row['mean']:.3f} | {_f(row['teacher_kl'])} | "
+        lines.append(f"| {row['arm']} | {seeds} | {row['mean']:.3f} | {_f(row['avg4'], '{:.3f}')} | "
+                     f"{_f(row['teacher_kl'])} | "
                      f"{_f(row['completion_len'], '{:.1f}')} | {_f(row['grad_norm'], '{:.1f}')} |")
     return "\n".join(lines)
 

@@ -210,7 +210,10 @@ def _micro_loss(
             mask,
             c.divergence_obj,
             c.estimator,
-            sampler_logp_BT=r.sampler_logp,
+            # On-policy at temperature 1 the sampler *is* the student: rho = 1 exactly, rather
+            # than exp(full-forward - cached-decoding log-prob), which differs by rounding.
+            sampler_logp_BT=(None if r.source == "student" and r.on_policy_untempered
+                             else r.sampler_logp),
             gamma=c.gamma,
             baseline=c.baseline,
             baseline_BT=baseline_BT,
@@ -300,13 +303,19 @@ def train_step(state: RunState, step: int) -> Dict[str, Any]:
     rollouts = collect_rollouts(state, step)
     t_gen = time.perf_counter() - t0
     st = accumulate_gradients(state, rollouts)
-    skipped, grad_norm = st["nonfinite"] > 0, None
+    skipped, grad_norm, unscaled = st["nonfinite"] > 0, None, False
     if not skipped:
         max_norm = c.max_grad_norm if c.max_grad_norm is not None else float("inf")
         grad_norm = float(acc.clip_grad_norm_(state.model.parameters(), max_norm))
+        unscaled = True
         skipped = not math.isfinite(grad_norm)
     lr = state.scheduler.get_last_lr()[0]
-    if skipped:
+    fp16_overflow = skipped and unscaled and getattr(acc, "scaler", None) is not None
+    if fp16_overflow:
+        # fp16 loss scaling: an overflow is routine. The scaler's own step skips the update
+        # and backs off the scale; without it the next unscale_ would raise.
+        state.optimizer.step()
+    elif skipped:
         state.nonfinite_steps += 1
     else:
         state.optimizer.step()

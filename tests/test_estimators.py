@@ -129,10 +129,18 @@ def test_importance_ratio_reweights_off_policy_tokens():
     (-(rho * adv * lp * mask).sum() / mask.sum()).backward()
     torch.testing.assert_close(z1.grad, z2.grad, rtol=1e-9, atol=1e-12)
     assert m["ratio_max"] > 1.0
-    # truncation caps the weight
-    _, m2 = pg_loss(_logp(zs.clone().requires_grad_(True), tok), lq, mask, "jsd", "opd+",
-                    sampler_logp_BT=sampler, max_importance_ratio=1.0)
-    assert m2["ratio_max"] <= 1.0 + 1e-12
+    # truncation caps the weight, and the gradient is min(rho, c) A grad log p (not zero)
+    c = 1.0
+    z3 = zs.clone().requires_grad_(True)
+    loss3, m2 = pg_loss(_logp(z3, tok), lq, mask, "jsd", "opd+", sampler_logp_BT=sampler,
+                        max_importance_ratio=c, clip_log_u=None)
+    loss3.backward()
+    assert m2["ratio_max"] <= c + 1e-12
+    z4 = zs.clone().requires_grad_(True)
+    lp4 = _logp(z4, tok)
+    (-(rho.clamp(max=c) * adv * lp4 * mask).sum() / mask.sum()).backward()
+    torch.testing.assert_close(z3.grad, z4.grad, rtol=1e-9, atol=1e-12)
+    assert (rho[mask] > c).any()  # some tokens were truncated, and still carry gradient
 
 
 def test_global_token_count_makes_micro_batches_add_up():

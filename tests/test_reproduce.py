@@ -21,7 +21,7 @@ def test_table_has_one_row_per_arm_with_seeds_side_by_side(tmp_path):
     table = format_table(recs)
     lines = table.splitlines()
     assert len(lines) == 2 + 2
-    assert "| jsd/opd | s0: 0.100 [0.050, 0.150]; s1: 0.200 [0.150, 0.250] | 0.150 | 2.50 |" in table
+    assert "| jsd/opd | s0: 0.100 [0.050, 0.150]; s1: 0.200 [0.150, 0.250] | 0.150 | – | 2.50 |" in table
     hist = {"jsd/opd/s0": [{"step": 0, "teacher_kl": 1.0, "grad_norm": 2.0, "completion_len": 9,
                             "accuracy": 0.1}]}
     path = write_results(tmp_path, recs, hist, {"profile": "test"})

@@ -363,6 +363,9 @@ def test_preflight_slices_padded_embeddings_and_sampler_respects_it(tok, prompts
     torch.testing.assert_close(
         s.logp_BT[r.completion_mask], r.sampler_logp[r.completion_mask], atol=2e-5, rtol=0
     )
+    # padded alike (both V + 8 rows): still sliced to the real vocabulary
+    twin = models.tiny_causal_lm("llama", V + 8, hidden_size=16, num_layers=1, tie_embeddings=False)
+    assert preflight(tok, tok, twin, student) == V
     small = models.tiny_causal_lm("llama", V - 1, hidden_size=16, num_layers=1)
     with pytest.raises(TokenizerMismatchError, match="resize"):
         preflight(tok, tok, teacher, small)
