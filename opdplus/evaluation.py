@@ -158,14 +158,20 @@ def _cache_of(out) -> dict:
 
 @torch.no_grad()
 def generate(model, input_ids_BT: torch.Tensor, attention_mask_BT: torch.Tensor,
-             max_new_tokens: int, eos_token_id: int, pad_token_id: int, greedy: bool = True,
+             max_new_tokens: int, eos_token_id, pad_token_id: int, greedy: bool = True,
              temperature: float = 1.0,
-             generator: Optional[torch.Generator] = None) -> torch.Tensor:
+             generator: Optional[torch.Generator] = None,
+             vocab_size: Optional[int] = None) -> torch.Tensor:
     """Continue left-padded prompts; returns the new tokens ``(B, <= max_new_tokens)``.
 
-    Rows that produced EOS are filled with ``pad_token_id`` after it. Sampling draws from
-    ``generator`` only, so it never touches the global RNG.
+    ``eos_token_id``: one id or a list (chat models end a turn with e.g. ``<|im_end|>`` as
+    well as the tokenizer's EOS). Rows that produced an EOS are filled with
+    ``pad_token_id`` after it. ``vocab_size`` slices off padded embedding rows. Sampling
+    draws from ``generator`` only, so it never touches the global RNG.
     """
+    eos = torch.as_tensor(
+        [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id),
+        device=input_ids_BT.device)
     attn = attention_mask_BT.long()
     # Left padding: positions count real tokens only, so a prompt's first token is at 0.
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
@@ -173,7 +179,7 @@ def generate(model, input_ids_BT: torch.Tensor, attention_mask_BT: torch.Tensor,
     done = torch.zeros(input_ids_BT.shape[0], dtype=torch.bool, device=input_ids_BT.device)
     new = []
     for _ in range(max_new_tokens):
-        logits_BV = out.logits[:, -1, :].float()
+        logits_BV = out.logits[:, -1, :vocab_size].float()
         if greedy:
             tok = logits_BV.argmax(-1)
         else:
@@ -181,7 +187,7 @@ def generate(model, input_ids_BT: torch.Tensor, attention_mask_BT: torch.Tensor,
             tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
         tok = torch.where(done, torch.full_like(tok, pad_token_id), tok)
         new.append(tok)
-        done |= tok == eos_token_id
+        done |= torch.isin(tok, eos)
         if bool(done.all()):
             break
         attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=-1)
@@ -191,6 +197,14 @@ def generate(model, input_ids_BT: torch.Tensor, attention_mask_BT: torch.Tensor,
     if not new:
         return input_ids_BT.new_zeros((input_ids_BT.shape[0], 0))
     return torch.stack(new, dim=1)
+
+
+def _eos_ids(model, tokenizer) -> List[int]:
+    """The tokenizer's EOS plus the model's generation-config EOS ids (end-of-turn tokens)."""
+    ids = {tokenizer.eos_token_id}
+    gen = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update([gen] if isinstance(gen, int) else list(gen or []))
+    return sorted(i for i in ids if i is not None)
 
 
 def chat_prompt(tokenizer, question: str) -> str:
@@ -240,6 +254,7 @@ def evaluate(model, tokenizer, problems: Sequence[dict], k: int = 1, greedy: boo
     prompts = [prompt_fn(p["question"]) for p in problems]
     # Row i of the flat list is sample (i % k) of problem (i // k): prompt-major.
     flat = [pr for pr in prompts for _ in range(k)]
+    eos_ids = _eos_ids(model, tokenizer)
     was_training, side = model.training, tokenizer.padding_side
     model.eval()
     tokenizer.padding_side = "left"
@@ -249,8 +264,9 @@ def evaluate(model, tokenizer, problems: Sequence[dict], k: int = 1, greedy: boo
             enc = tokenizer(flat[s:s + batch_size], return_tensors="pt", padding=True,
                             add_special_tokens=False).to(device)
             new_BT = generate(model, enc["input_ids"], enc["attention_mask"], max_new_tokens,
-                              tokenizer.eos_token_id, tokenizer.pad_token_id, greedy=greedy,
-                              temperature=temperature, generator=generator)
+                              eos_ids, tokenizer.pad_token_id, greedy=greedy,
+                              temperature=temperature, generator=generator,
+                              vocab_size=len(tokenizer))
             texts += tokenizer.batch_decode(new_BT, skip_special_tokens=True)
     finally:
         model.train(was_training)

@@ -106,6 +106,7 @@ def setup(
     accelerator=None,
     out_dir: Union[str, Path, None] = None,
     resume: bool = False,
+    teacher_tokenizer=None,
 ) -> RunState:
     """Validate inputs, prepare models and optimizer, and restore a checkpoint when resuming.
 
@@ -116,7 +117,8 @@ def setup(
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     acc = accelerator if accelerator is not None else _make_accelerator(config, student)
     shard_prompts, shards_per_process = config.micro_batches(acc.num_processes)
-    vocab_size = preflight(tokenizer, tokenizer, teacher, student)
+    # ``tokenizer`` is the student's; the teacher's, when given, must match it exactly.
+    vocab_size = preflight(teacher_tokenizer or tokenizer, tokenizer, teacher, student)
     limits = [c for c in (context_length(student), context_length(teacher)) if c]
     room = (min(limits) - config.max_new_tokens) if limits else None
     if room is not None and room < 1:
@@ -230,6 +232,7 @@ def train(
     out_dir: Union[str, Path, None] = None,
     resume: bool = False,
     accelerator=None,
+    teacher_tokenizer=None,
 ) -> History:
     """Distil ``teacher`` into ``student`` on ``prompts``; see the module docstring.
 
@@ -241,6 +244,9 @@ def train(
     ``out_dir``: writes ``history.json`` after every step and checkpoints under
     ``out_dir/checkpoint/``; ``resume=True`` continues from the newest checkpoint and
     then yields the same History as an uninterrupted run.
+    ``teacher_tokenizer``: the teacher's own tokenizer, if it was loaded separately; it is
+    compared with ``tokenizer`` (vocabulary, special tokens, chat template) before any
+    compute, and a difference raises ``TokenizerMismatchError``.
     The student is trained in place; the returned History is also in ``out_dir``.
     """
     state = setup(
@@ -252,6 +258,7 @@ def train(
         accelerator=accelerator,
         out_dir=out_dir,
         resume=resume,
+        teacher_tokenizer=teacher_tokenizer,
     )
     acc, c, history = state.accelerator, config, state.history
     main = acc.is_main_process

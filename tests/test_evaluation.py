@@ -265,3 +265,22 @@ def test_load_gsm8k_missing_file_and_hub(tmp_path, monkeypatch):
 
     monkeypatch.setattr(datasets, "load_dataset", fake_hub)
     assert ev.load_gsm8k("train") == GSM8K_ROWS
+
+
+def test_generate_stops_at_any_of_several_eos_ids_and_slices_padded_rows():
+    from opdplus import models
+    from opdplus.evaluation import generate
+
+    torch.manual_seed(0)
+    lm = models.tiny_causal_lm("llama", 20, hidden_size=16, num_layers=1, tie_embeddings=False)
+    ids = torch.tensor([[3, 4, 5], [6, 7, 8]])
+    attn = torch.ones_like(ids)
+    free = generate(lm, ids, attn, 6, eos_token_id=19, pad_token_id=0)
+    first = free[:, 0].tolist()
+    # each row's first greedy token, declared an end-of-turn id, ends that row at once
+    stopped = generate(lm, ids, attn, 6, eos_token_id=[19, *first], pad_token_id=0)
+    assert stopped.shape[1] == 1 and stopped[:, 0].tolist() == first
+    with torch.no_grad():  # make a "padded" row the argmax everywhere
+        lm.lm_head.weight[19] = 100 * lm.lm_head.weight[:19].abs().max(0).values
+    assert (generate(lm, ids, attn, 4, eos_token_id=1, pad_token_id=0) == 19).any()
+    assert not (generate(lm, ids, attn, 4, eos_token_id=1, pad_token_id=0, vocab_size=19) == 19).any()

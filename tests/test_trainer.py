@@ -514,3 +514,17 @@ def test_chat_template_prompts():
     assert h[0]["grad_norm"] > 0
     with pytest.raises(ValueError, match="no chat template"):
         train(student, teacher, TOK, PROMPTS, SMALL.replace(steps=1, use_chat_template=True))
+
+
+def test_train_checks_a_separate_teacher_tokenizer_before_any_compute():
+    from opdplus.preflight import TokenizerMismatchError
+
+    teacher, student = pair()
+    before = snapshot(student)
+    other = models.word_tokenizer(WORDS[:-1] + ["zzz"])
+    with pytest.raises(TokenizerMismatchError, match="'zzz' in the teacher's vocabulary and 'w39'"):
+        train(student, teacher, TOK, PROMPTS, SMALL, teacher_tokenizer=other)
+    after = snapshot(student)
+    assert all(torch.equal(before[k], after[k]) for k in before)  # nothing was trained
+    twin = models.word_tokenizer(WORDS)
+    assert len(train(student, teacher, TOK, PROMPTS, SMALL, teacher_tokenizer=twin)) == 2
