@@ -18,3 +18,13 @@ torch.set_num_threads(int(os.environ.get("OPDPLUS_TEST_THREADS", "2")))
 def gen():
     """A fresh seeded generator for each test."""
     return torch.Generator().manual_seed(1234)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny-model tests (several times faster than two on a
+    shared 2-core machine: OpenMP barriers stall when a thread is descheduled)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -21,13 +21,8 @@ from opdplus.sampler import (
 from opdplus.scoring import position_ids_from_mask, token_logp
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is several times faster than two on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny models: one thread is several times faster than two on a shared 2-core machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 WORDS = [f"w{i}" for i in range(30)]

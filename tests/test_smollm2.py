@@ -28,12 +28,8 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny models: one thread is several times faster than two on a shared 2-core machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.slow

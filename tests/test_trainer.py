@@ -38,13 +38,8 @@ SMALL = TrainConfig(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is several times faster than two on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny models: one thread is several times faster than two on a shared 2-core machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def pair(arch="llama", seed=0):
