@@ -40,11 +40,10 @@
 # samples (`seqkd_warmup_steps`), so our numbers will differ.
 
 # %%
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
+# Only light imports here: the hub libraries read HF_HUB_OFFLINE once, when first imported,
+# and whether to set it depends on the profile (next cell).
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -52,17 +51,7 @@ import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
-import torch
-import yaml
-from IPython.display import display
-
 import opdplus
-from opdplus import cli, plotting, tasks, widgets
-from opdplus.checkpoint import latest_checkpoint
-from opdplus.evaluation import chat_prompt, evaluate, load_gsm8k
-from opdplus.models import get_device, load_causal_lm, load_tokenizer, param_count, seed_everything
-from opdplus.sampler import TokenizerMismatchError, preflight
-from opdplus.trainer import TrainConfig, train
 
 # %% tags=["parameters"]
 PROFILE = os.environ.get("OPDPLUS_PROFILE", "smoke")
@@ -70,6 +59,21 @@ LAUNCH_MULTI_GPU = False  # full profile only: also run the arms through `accele
 
 # %%
 assert PROFILE in ("smoke", "full"), f"PROFILE must be 'smoke' or 'full', got {PROFILE!r}"
+if PROFILE == "smoke":  # offline and self-contained; the full profile downloads Qwen3 and GSM8K
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch
+import yaml
+from IPython.display import display
+
+from opdplus import cli, plotting, tasks, widgets
+from opdplus.checkpoint import latest_checkpoint
+from opdplus.evaluation import chat_prompt, evaluate, load_gsm8k
+from opdplus.models import get_device, load_causal_lm, load_tokenizer, param_count, seed_everything
+from opdplus.sampler import TokenizerMismatchError, preflight
+from opdplus.trainer import TrainConfig, train
+
+# %%
 ROOT = Path(opdplus.__file__).resolve().parents[1]
 TINY = tasks.default_data_dir()
 RECIPES = {
@@ -82,8 +86,8 @@ RECIPES = {
         test_problems=200, eval_k=4, eval_batch=64, checkpoint_every=10,
         out=ROOT / "runs" / "06_gpu_math_reasoning"),
     "smoke": dict(
-        teacher=TINY / "teacher", student=TINY / "student",
-        tokenizer=TINY / "tokenizer", student_tokenizer=TINY / "tokenizer",
+        teacher=TINY / "teacher", student=TINY / "student",  # each with its tokenizer
+        tokenizer=TINY / "teacher", student_tokenizer=TINY / "student",
         prompt_suffix="",
         warm_steps=2, steps=16, prompts_per_step=8, samples_per_prompt=4,
         micro_batch_prompts=4, max_new_tokens=48, lr=3e-4, eval_every=8, val_problems=50,
@@ -126,6 +130,7 @@ teacher = load_causal_lm(RECIPE["teacher"], device=DEVICE, dtype=TEACHER_DTYPE)
 student = load_causal_lm(RECIPE["student"], device=DEVICE, dtype="float32")
 tok = load_tokenizer(RECIPE["tokenizer"])
 student_tok = load_tokenizer(RECIPE["student_tokenizer"])
+SHARED_TOKENIZER = None  # the CLI's --tokenizer (section 7): None while the two match
 try:
     vocab = preflight(tok, student_tok, teacher, student)
     print("the student's own tokenizer matches the teacher's")
@@ -133,6 +138,7 @@ except TokenizerMismatchError as err:
     assert tok.get_vocab() == student_tok.get_vocab(), "different vocabularies: another student"
     print(f"student tokenizer differs ({err}); training it with the teacher's tokenizer")
     vocab = preflight(tok, tok, teacher, student)
+    SHARED_TOKENIZER = str(RECIPE["tokenizer"])
 for name, m in (("teacher", teacher), ("student", student)):
     print(f"{name}: {param_count(m) / 1e6:,.1f}M parameters, {next(m.parameters()).dtype}, "
           f"{m.config.num_hidden_layers} layers")
@@ -365,33 +371,23 @@ else:
 # processes, so the result does not depend on the number of GPUs). For a student too
 # large to replicate, `configs/accelerate_fsdp.yaml` shards it.
 #
-# The CLI loads each model's tokenizer from its directory, so a student trained with the
-# teacher's tokenizer is saved next to it first. `--num_processes` must divide the
+# The CLI loads each model's tokenizer from its directory (the tiny-world checkpoints ship
+# theirs). When the student's own tokenizer differs from the teacher's only in special
+# tokens, as a base student's does, `tokenizer:` in the file (the `--tokenizer` flag) gives
+# both models the teacher's, as section 1 did. `--num_processes` must divide the
 # number of micro-batches per step (16 prompts / 4 per micro-batch = 4: one, two or four
 # GPUs); the trainer says so before any compute otherwise.
 
 # %%
-def with_tokenizer(model, name_or_dir, out):
-    """A model path whose tokenizer is the teacher's: as given if it already is, else a copy."""
-    try:
-        preflight(tok, load_tokenizer(name_or_dir))
-        return str(name_or_dir)
-    except (OSError, ValueError, TokenizerMismatchError):  # no tokenizer there, or another one
-        model.save_pretrained(out)
-        tok.save_pretrained(out)
-        return str(out)
-
-
-student.load_state_dict(initial_state)
-cli_teacher = with_tokenizer(teacher, RECIPE["teacher"], RECIPE["out"] / "cli_teacher")
-cli_student = with_tokenizer(student, RECIPE["student"], RECIPE["out"] / "cli_student")
+cli_teacher, cli_student = str(RECIPE["teacher"]), str(RECIPE["student"])  # as loaded above
+shared = {"tokenizer": SHARED_TOKENIZER} if SHARED_TOKENIZER else {}
 prompts_file = RECIPE["out"] / "prompts.jsonl"
 prompts_file.write_text("".join(json.dumps(p) + "\n" for p in prompts))
 
 cfg = config_for("forward_kl", "opd+")
 run_file = RECIPE["out"] / "forward_kl_opdplus.yaml"
 run_file.write_text(yaml.safe_dump({
-    "teacher": cli_teacher, "student": cli_student, "prompts": str(prompts_file),
+    "teacher": cli_teacher, "student": cli_student, **shared, "prompts": str(prompts_file),
     "out": str(RECIPE["out"] / "cli" / "forward_kl_opdplus"), "device": "auto",
     "teacher_dtype": TEACHER_DTYPE, "student_dtype": "float32", **cfg.to_dict()},
     sort_keys=False))
@@ -404,6 +400,7 @@ print(run_file.read_text())
 parsed = cli.resolve_options(cli.build_parser().parse_args(launch[launch.index("train"):]))
 assert parsed["config"] == cfg
 assert parsed["student"] == cli_student and parsed["teacher"] == cli_teacher
+assert parsed["tokenizer"] == SHARED_TOKENIZER
 
 # %% [markdown]
 # In smoke, the command runs here for three steps in one CPU process (flags on the command
@@ -411,8 +408,7 @@ assert parsed["student"] == cli_student and parsed["teacher"] == cli_teacher
 # on every visible GPU.
 
 # %%
-env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
-       "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}  # offline in smoke
 launcher = [sys.executable, "-m", "accelerate.commands.launch"] + launch[2:]
 if PROFILE == "full":  # needs GPUs
     if LAUNCH_MULTI_GPU:

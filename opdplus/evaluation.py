@@ -1,20 +1,17 @@
-"""Grading and accuracy for GSM8K-format math: answer extraction, CIs, generation, loaders.
+"""Accuracy of a model on GSM8K-format math: generation, ``evaluate``, loaders.
 
-- ``extract_answer`` reads the final answer of a completion: the text after the *last*
-  ``#### `` marker, else the content of the last ``\\boxed{...}``. Commas, ``$`` and the
-  spaces a digit-level tokenizer leaves between digits (``#### 2 5``) are removed. There is
-  deliberately no "last number in the text" fallback: a completion that never states its
-  answer in one of the two formats counts as wrong (``None``), and nothing here raises on
-  malformed text.
-- ``grade`` compares numerically (``36.0 == 36``, ``1/2 == 0.5``) using exact fractions.
+- Grading and intervals live in ``opdplus.grading`` (re-exported here): ``extract_answer``
+  reads ``#### n`` or ``\\boxed{n}`` (one number, else wrong), ``grade`` compares exact
+  fractions, ``wilson_interval`` and ``avg_at_k_interval`` give the 95% intervals.
 - ``evaluate`` generates for a list of GSM8K-format rows and returns pass@1 (k = 1) or
   avg@k (k > 1) with a 95% interval:
   * k = 1: each problem is one Bernoulli trial, so the Wilson score interval.
   * k > 1: avg@k is the mean over problems of the fraction of the k samples that are
-    correct; the interval is the normal (CLT) interval over problems,
-    ``mean +- 1.96 * sd / sqrt(n)`` with the sample sd of the per-problem fractions,
-    clipped to [0, 1]. Problems are the unit of resampling; the k samples of one problem
-    are not independent evidence about the population of problems.
+    correct, with the Wilson interval on all n k samples shrunk by the design effect of
+    the within-problem correlation (``avg_at_k_interval``): honest at 0 and at 1.
+- ``generate`` asks the model for the last prompt position's logits only
+  (``logits_to_keep=1``): the prompt pass never builds ``(B, T, V)`` logits.
+- ``evaluate`` shows a ``tqdm.auto`` bar when watched (``opdplus.progress``).
 - ``load_gsm8k`` loads ``openai/gsm8k`` (config ``main``) from the hub or a local JSONL file
   in GSM8K's format; each bad row is reported with its file and line number.
 
@@ -25,124 +22,26 @@ the tokenizer's chat template unless ``prompt_fn`` is given.
 
 from __future__ import annotations
 
+import inspect
 import json
-import math
-import re
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Union
 
 import torch
 
-Z95 = 1.959963984540054  # standard normal quantile at 0.975
-
-# ----------------------------------------------------------------------------- extraction
-
-# A number as a model may write it: "-1,234.5", "$ 25", or digit tokens rejoined with single
-# spaces ("2 5"). The spaced form only joins single digits, so "25 3" still reads as 25.
-_NUMBER = r"-?\s?\$?\s?(?:\d(?: \d)+(?![\d,])|\d[\d,]*)(?:\.\d+)?"
-_NUMBER_RE = re.compile(_NUMBER)
-_HASH_RE = re.compile(r"####\s*(" + _NUMBER + ")")
-_BOXED_RE = re.compile(r"\\\s*boxed\s*\{")
-_FRAC_RE = re.compile(r"\\d?frac\s*\{\s*(-?[\d\s]+)\s*\}\s*\{\s*([\d\s]+)\s*\}")
-
-
-def _braced(text: str, start: int) -> Optional[str]:
-    """Content of the brace group opening just before ``start``; None if never closed."""
-    depth = 1
-    for i in range(start, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[i], 0)
-        if depth == 0:
-            return text[start:i]
-    return None
-
-
-def _clean_number(s: str) -> Optional[str]:
-    s = re.sub(r"[\s,$]", "", s)
-    return s if re.fullmatch(r"-?\d+(?:\.\d+)?", s) else None
-
-
-def extract_answer(text: str) -> Optional[str]:
-    """The final answer of ``text`` as a plain number string (``"-1234.5"``), or None.
-
-    ``#### n`` wins over ``\\boxed{n}``; within a format the last occurrence wins.
-    """
-    if not isinstance(text, str):
-        return None
-    hashes = list(_HASH_RE.finditer(text))
-    if hashes:
-        return _clean_number(hashes[-1].group(1))
-    if "####" in text:
-        return None  # a marker followed by no number: do not fall back to \boxed
-    for m in reversed(list(_BOXED_RE.finditer(text))):
-        inner = _braced(text, m.end())
-        if inner is None:
-            continue
-        frac = _FRAC_RE.search(inner)
-        if frac:
-            num, den = (re.sub(r"\s", "", g) for g in frac.groups())
-            return f"{num}/{den}" if int(den) != 0 else None
-        inner = re.sub(r"\\text\s*\{[^}]*\}|\\[,!; ]|\\\$", " ", inner)
-        num = _NUMBER_RE.search(inner)
-        return _clean_number(num.group(0)) if num else None
-    return None
-
-
-def to_fraction(answer: Optional[Union[str, int, float]]) -> Optional[Fraction]:
-    """Exact value of an answer string (``"36.0"``, ``"1,000"``, ``"3/4"``); None if not one."""
-    if answer is None:
-        return None
-    s = re.sub(r"[\s,$]", "", str(answer))
-    try:
-        return Fraction(s)
-    except (ValueError, ZeroDivisionError):
-        return None
-
-
-def target_of(row: dict) -> str:
-    """The reference answer of a GSM8K-format row: the number after its ``####``."""
-    ans = extract_answer(row["answer"])
-    if ans is None:
-        raise ValueError(f"row has no '#### <number>' in its answer: {row['answer']!r}")
-    return ans
-
-
-def grade(completion: str, target: Union[str, int]) -> bool:
-    """True iff the completion's extracted answer equals ``target`` as a number."""
-    got, want = to_fraction(extract_answer(completion)), to_fraction(target)
-    return got is not None and want is not None and got == want
-
-
-# ----------------------------------------------------------------------------- intervals
-
-
-def wilson_interval(successes: int, n: int, z: float = Z95) -> Tuple[float, float]:
-    """Wilson score interval for a binomial proportion (95% by default)."""
-    if n <= 0:
-        return 0.0, 1.0
-    if not 0 <= successes <= n:
-        raise ValueError(f"need 0 <= successes <= n, got {successes}, {n}")
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    # At 0/n and n/n the bound is exactly 0 or 1; say so rather than trust rounding.
-    lo = 0.0 if successes == 0 else max(0.0, centre - half)
-    hi = 1.0 if successes == n else min(1.0, centre + half)
-    return lo, hi
-
-
-def mean_interval(scores: Sequence[float], z: float = Z95) -> Tuple[float, float]:
-    """Normal interval for the mean of per-problem scores in [0, 1], clipped to [0, 1]."""
-    n = len(scores)
-    if n < 2:
-        return 0.0, 1.0
-    mean = sum(scores) / n
-    sd = math.sqrt(sum((s - mean) ** 2 for s in scores) / (n - 1))
-    half = z * sd / math.sqrt(n)
-    return max(0.0, mean - half), min(1.0, mean + half)
-
+from .grading import (  # noqa: F401 - re-exported: the grading API predates its own module
+    Z95,
+    avg_at_k_interval,
+    design_effect,
+    extract_answer,
+    grade,
+    mean_interval,
+    target_of,
+    to_fraction,
+    wilson_interval,
+)
+from .progress import bar as progress_bar
 
 # ----------------------------------------------------------------------------- generation
 
@@ -154,6 +53,22 @@ def _cache_of(out) -> dict:
     """
     cache = getattr(out, "cache", None)
     return {"cache": cache} if cache is not None else {"past_key_values": out.past_key_values}
+
+
+def _last_position_only(model) -> dict:
+    """The keyword that makes ``model`` compute logits at the last position only, if any.
+
+    A prompt forward pass otherwise materialises ``(B, T, V)`` logits (64 prompts of 150
+    tokens at V = 49k: 1.9 GB in float32) to read one position of each row.
+    """
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):  # pragma: no cover - a forward without a signature
+        return {}
+    for name in ("logits_to_keep", "num_logits_to_keep"):  # transformers >= 4.50, older
+        if name in params:
+            return {name: 1}
+    return {}
 
 
 @torch.no_grad()
@@ -175,7 +90,8 @@ def generate(model, input_ids_BT: torch.Tensor, attention_mask_BT: torch.Tensor,
     attn = attention_mask_BT.long()
     # Left padding: positions count real tokens only, so a prompt's first token is at 0.
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=input_ids_BT, attention_mask=attn, position_ids=pos, use_cache=True)
+    out = model(input_ids=input_ids_BT, attention_mask=attn, position_ids=pos, use_cache=True,
+                **_last_position_only(model))
     done = torch.zeros(input_ids_BT.shape[0], dtype=torch.bool, device=input_ids_BT.device)
     new = []
     for _ in range(max_new_tokens):
@@ -237,11 +153,15 @@ def evaluate(model, tokenizer, problems: Sequence[dict], k: int = 1, greedy: boo
              max_new_tokens: int = 64, batch_size: int = 64,
              generator: Optional[torch.Generator] = None, device="cpu",
              temperature: float = 1.0,
-             prompt_fn: Optional[Callable[[str], str]] = None) -> EvalResult:
+             prompt_fn: Optional[Callable[[str], str]] = None,
+             progress: Optional[bool] = None) -> EvalResult:
     """Greedy pass@1, or avg@k over k samples per problem, of ``model`` on GSM8K-format rows.
 
     Prompts are ``prompt_fn(question)`` (default: the tokenizer's chat template) tokenized
     without extra special tokens, left-padded in batches of ``batch_size`` rows.
+    ``progress``: a ``tqdm.auto`` bar over the samples with the running accuracy;
+    ``None`` shows it only when stderr is a terminal and ``OPDPLUS_QUIET`` is unset
+    (``opdplus.progress``), so tests and notebooks under nbval stay quiet.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -259,6 +179,9 @@ def evaluate(model, tokenizer, problems: Sequence[dict], k: int = 1, greedy: boo
     model.eval()
     tokenizer.padding_side = "left"
     texts: List[str] = []
+    bar = progress_bar(total=len(flat), desc=f"evaluate ({'pass@1' if k == 1 else f'avg@{k}'})",
+                       unit="sample", progress=progress)
+    n_right = 0
     try:
         for s in range(0, len(flat), batch_size):
             enc = tokenizer(flat[s:s + batch_size], return_tensors="pt", padding=True,
@@ -267,8 +190,13 @@ def evaluate(model, tokenizer, problems: Sequence[dict], k: int = 1, greedy: boo
                               eos_ids, tokenizer.pad_token_id, greedy=greedy,
                               temperature=temperature, generator=generator,
                               vocab_size=len(tokenizer))
-            texts += tokenizer.batch_decode(new_BT, skip_special_tokens=True)
+            batch = tokenizer.batch_decode(new_BT, skip_special_tokens=True)
+            n_right += sum(grade(c, targets[(s + j) // k]) for j, c in enumerate(batch))
+            texts += batch
+            bar.update(len(batch))
+            bar.set_postfix(acc=f"{n_right / len(texts):.3f}")
     finally:
+        bar.close()
         model.train(was_training)
         tokenizer.padding_side = side
     records = []
@@ -285,8 +213,9 @@ def evaluate(model, tokenizer, problems: Sequence[dict], k: int = 1, greedy: boo
         lo, hi = wilson_interval(int(sum(scores)), n)
         metric, method = "pass@1", "Wilson score interval, 95%"
     else:
-        lo, hi = mean_interval(scores)
-        metric, method = f"avg@{k}", "normal interval over per-problem means, 95%"
+        lo, hi = avg_at_k_interval(scores, k)
+        metric, method = f"avg@{k}", ("Wilson score interval on all samples with the design "
+                                      "effect of within-problem correlation, 95%")
     return EvalResult(acc, lo, hi, n, k, metric, method, records)
 
 

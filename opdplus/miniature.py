@@ -6,7 +6,7 @@ SFT initialisation and the teacher itself). Every arm uses the same prompts, see
 hyper-parameters; only the divergence and the advantage design change.
 
 Measured per arm: greedy pass@1 on the test split with a Wilson 95% interval, avg@4 at
-temperature 1 with a normal interval, validation accuracy during training, and the
+temperature 1 with a design-effect Wilson interval (``evaluation.avg_at_k_interval``), validation accuracy during training, and the
 collapse signals of method.md §6 (teacher KL, completion length, grad norm).
 
 Profiles (``OPDPLUS_PROFILE``): ``smoke`` (about 1-2 minutes; what the tests run),
@@ -18,6 +18,11 @@ with two threads (tiny-world-facts.md).
 A killed run loses no finished arm: each arm's record is written atomically next to its
 History and reused when the same arm is asked for again with the same settings; an
 arm killed midway resumes from its last checkpoint.
+
+Progress (``opdplus.progress``): the parent process shows a bar over arms x seeds with an
+ETA, advanced as results arrive from the workers, and prints one line as each arm ends
+(arm, seed, accuracy with its interval, teacher KL, seconds). The workers themselves stay
+silent. Quiet when stderr is not a terminal (tests, nbval) or ``OPDPLUS_QUIET`` is set.
 """
 
 from __future__ import annotations
@@ -27,9 +32,12 @@ import json
 import multiprocessing as mp
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
+
+from . import progress as _progress
 
 ARMS: Tuple[Tuple[str, str], ...] = tuple(
     (d, e) for d in ("reverse_kl", "forward_kl", "jsd") for e in ("opd", "opd+")
@@ -148,6 +156,25 @@ def run_reference(role: str, profile: Profile) -> dict:
     return rec
 
 
+def _arm_dir(divergence: str, estimator: str, seed: int, out_root: Path) -> Path:
+    return Path(out_root) / "runs" / f"{divergence}_{estimator.replace('+', 'plus')}_s{seed}"
+
+
+def stored_record(divergence: str, estimator: str, seed: int, profile: Profile,
+                  out_root: Path) -> Optional[dict]:
+    """The record of this arm finished earlier with the same settings and code, else None."""
+    rec_path = _arm_dir(divergence, estimator, seed, out_root) / "record.json"
+    if not rec_path.exists():
+        return None
+    old = json.loads(rec_path.read_text())
+    cfg = train_config(profile, divergence, estimator, seed)
+    if (old.get("config") == _jsonable(cfg.to_dict())
+            and old.get("profile") == _jsonable(asdict(profile))
+            and old.get("fingerprint") == fingerprint()):
+        return old
+    return None
+
+
 def run_arm(divergence: str, estimator: str, seed: int, profile: Profile, out_root: Path) -> dict:
     """Train one arm from the SFT student; write its History and record under ``out_root``."""
     import torch
@@ -158,16 +185,16 @@ def run_arm(divergence: str, estimator: str, seed: int, profile: Profile, out_ro
     from .trainer import train
 
     torch.set_num_threads(1)
-    name = f"{divergence}_{estimator.replace('+', 'plus')}_s{seed}"
-    out = Path(out_root) / "runs" / name
+    out = _arm_dir(divergence, estimator, seed, out_root)
     cfg = train_config(profile, divergence, estimator, seed)
     rec_path = out / "record.json"
-    if rec_path.exists():
-        old = json.loads(rec_path.read_text())
-        if (old.get("config") == _jsonable(cfg.to_dict())
-                and old.get("profile") == _jsonable(asdict(profile))
-                and old.get("fingerprint") == fingerprint()):
-            return old  # finished earlier with the same settings
+    old = stored_record(divergence, estimator, seed, profile, out_root)
+    if old is not None:
+        return old  # finished earlier with the same settings
+    if rec_path.exists():  # stale (code or settings changed): resuming would train nothing
+        import shutil
+
+        shutil.rmtree(out)
     tok = tinyworld.load_tokenizer()
     student, teacher = tinyworld.load_student(), tinyworld.load_teacher()
     prompts = [{"prompt": r["question"]} for r in tasks.load_split("train")]
@@ -206,6 +233,20 @@ def _quiet_worker() -> None:
     hf_logging.disable_progress_bar()
 
 
+@contextmanager
+def _silenced():
+    """Silence ``opdplus.progress`` inside a job (the parent owns the bar), then restore."""
+    before = os.environ.get(_progress.QUIET_ENV)
+    os.environ[_progress.QUIET_ENV] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(_progress.QUIET_ENV, None)
+        else:
+            os.environ[_progress.QUIET_ENV] = before
+
+
 def _job(args):
     _quiet_worker()
     kind, a, b, c, profile, out_root = args
@@ -214,15 +255,66 @@ def _job(args):
     return run_arm(a, b, c, profile, out_root)
 
 
-def run_all(profile: Profile, out_root: Path, arms: Sequence[Tuple[str, str]] = ARMS) -> List[dict]:
-    """Reference rows and every (arm, seed), in ``profile.workers`` processes."""
+def _timed_job(indexed):
+    """``(index, job) -> (index, record, seconds, reused)``, silent, for ``run_all``."""
+    i, job = indexed
+    t0 = time.time()
+    with _silenced():
+        kind, a, b, c, profile, out_root = job
+        reused = kind == "arm" and stored_record(a, b, c, profile, out_root) is not None
+        rec = _job(job)
+    return i, rec, time.time() - t0, reused
+
+
+def _fmt(x: Optional[float], spec: str) -> str:
+    return "–" if x is None else format(x, spec)
+
+
+def arm_line(rec: dict, seconds: float, reused: bool = False) -> str:
+    """One line for a finished arm or reference row: arm, seed, accuracy [interval], teacher
+    KL, seconds; e.g. ``forward_kl/opd+ s0: accuracy 0.290 [0.210, 0.390], teacher KL 0.71,
+    95 s``."""
+    if rec.get("divergence") == "-":
+        name = rec["estimator"]  # the reference rows: sft-init, teacher
+    else:
+        name = f"{rec['divergence']}/{rec['estimator']} s{rec['seed']}"
+    text = (f"{name}: accuracy {_fmt(rec.get('accuracy'), '.3f')} "
+            f"[{_fmt(rec.get('ci_low'), '.3f')}, {_fmt(rec.get('ci_high'), '.3f')}]")
+    if rec.get("divergence") != "-":
+        text += f", teacher KL {_fmt(rec.get('final_teacher_kl'), '.3g')}"
+    text += f", {seconds:.0f} s"
+    return text + (" (finished earlier: reused)" if reused else "")
+
+
+def run_all(profile: Profile, out_root: Path, arms: Sequence[Tuple[str, str]] = ARMS,
+            progress: Optional[bool] = None) -> List[dict]:
+    """Reference rows and every (arm, seed), in ``profile.workers`` processes.
+
+    Records come back in job order (references first, then seed-major arms). ``progress``
+    (``opdplus.progress.enabled``; None: automatic) shows a bar over arms x seeds with an
+    ETA, advanced as results arrive, and one line per finished arm or reference row.
+    """
     jobs = [("ref", role, None, None, profile, out_root) for role in ("student", "teacher")]
     jobs += [("arm", d, e, s, profile, out_root) for s in profile.seeds for d, e in arms]
-    if profile.workers <= 1:
-        return [_job(j) for j in jobs]
-    ctx = mp.get_context("spawn")  # fresh interpreters: no forked torch thread pools
-    with ctx.Pool(profile.workers, maxtasksperchild=4) as pool:
-        return list(pool.imap(_job, jobs))
+    show = _progress.enabled(progress)  # decided once, here: the jobs silence themselves
+    records: List[Optional[dict]] = [None] * len(jobs)
+    n_arms = sum(j[0] == "arm" for j in jobs)
+    with _progress.bar(total=n_arms, desc="arms x seeds", unit="arm", progress=show) as pbar:
+
+        def collect(results) -> None:
+            for i, rec, seconds, reused in results:
+                records[i] = rec
+                pbar.write(arm_line(rec, seconds, reused))
+                if jobs[i][0] == "arm":
+                    pbar.update(1)
+
+        if profile.workers <= 1:
+            collect(_timed_job(ij) for ij in enumerate(jobs))
+        else:
+            ctx = mp.get_context("spawn")  # fresh interpreters: no forked torch thread pools
+            with ctx.Pool(profile.workers, maxtasksperchild=4) as pool:
+                collect(pool.imap_unordered(_timed_job, enumerate(jobs)))
+    return records  # type: ignore[return-value]
 
 
 def histories_of(records: Sequence[dict], out_root: Path) -> Dict[str, list]:

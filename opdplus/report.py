@@ -4,7 +4,7 @@ A *record* is one row of ``summary.json``: one arm and seed (or a reference row 
 the SFT initialisation or the teacher), with at least ``task``, ``divergence``,
 ``estimator``, ``seed``, ``accuracy``, ``ci_low`` and ``ci_high``. Histories are the
 per-step lists written by the trainer; the report draws them with the shared
-``plotting.fig_learning_curves`` so colours and dashes match the notebooks.
+``plots_runs.fig_learning_curves`` so colours and dashes match the notebooks.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Dict, List, Mapping, Sequence
 
-from .plotting import fig_learning_curves
+from .plots_runs import fig_learning_curves
 
 REQUIRED = ("task", "divergence", "estimator", "seed", "accuracy", "ci_low", "ci_high")
 CURVE_METRICS = ("accuracy", "teacher_kl", "grad_norm", "completion_len")
@@ -30,7 +30,9 @@ def check_records(records: Sequence[Mapping]) -> None:
 
 
 def arm_name(r: Mapping) -> str:
-    return f"{r['divergence']}/{r['estimator']}" if r["divergence"] != "-" else r["estimator"]
+    name = f"{r['divergence']}/{r['estimator']}" if r["divergence"] != "-" else r["estimator"]
+    # Arms of another task (the tool world) keep their own rows.
+    return name if r.get("task", "tiny_math") == "tiny_math" else f"{r['task']}: {name}"
 
 
 def aggregate(records: Sequence[Mapping]) -> List[Dict]:

@@ -6,8 +6,14 @@
    from the shipped SFT student, with the SFT initialisation and the teacher as reference
    rows. Writes ``results/``: every History, ``summary.json`` (one record per arm and seed)
    and a self-contained ``report.html``; prints the final table.
+3. The tiny tool world (``opdplus.tool_miniature``): the same arms and seeds on multi-turn
+   tool use, records with ``task = "tiny_tools"`` in the same ``summary.json`` and report
+   (``--skip-tools`` leaves them out).
 
-``OPDPLUS_PROFILE=smoke|default|full`` (or ``--profile``) picks the sizes.
+``OPDPLUS_PROFILE=smoke|default|full`` (or ``--profile``) picks the sizes. While the arms
+run, a bar over arms x seeds shows the ETA and one line per finished arm gives its seed,
+accuracy with interval, teacher KL and seconds (on stderr, when it is a terminal;
+``OPDPLUS_QUIET=1`` silences them).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="results", help="output directory (default: results/)")
     ap.add_argument("--skip-exact", action="store_true", help="skip the exact-toy tables")
     ap.add_argument("--workers", type=int, default=None, help="parallel arm processes")
+    ap.add_argument("--skip-tools", action="store_true", help="skip the tool-use arms")
     args = ap.parse_args(argv)
     profile = miniature.get_profile(args.profile)
     if args.workers is not None:
@@ -63,9 +70,32 @@ def main(argv=None) -> int:
                     f"{profile.workers} worker process(es) x 1 thread",
         "torch": torch.__version__, "wall time (tiny world)": f"{time.time() - t0:.0f} s",
     }
-    report = write_results(out, public, hist, meta)
+    tool_public = []
+    from . import tool_miniature
+
+    if not args.skip_tools and not tool_miniature.checkpoints_present():
+        print(f"(tool arms skipped: no checkpoints in {tool_miniature.data_dir()}; "
+              f"regenerate them with `python scripts/build_tiny_tools.py`)")
+    elif not args.skip_tools:
+        tprof = tool_miniature.get_profile(profile.name)
+        if args.workers is not None:
+            from dataclasses import replace
+
+            tprof = replace(tprof, workers=args.workers)
+        t1 = time.time()
+        print(f"Tiny tool world: {len(tool_miniature.ARMS)} arms x {len(tprof.seeds)} seed(s), "
+              f"{tprof.steps} steps, {tprof.workers} worker(s) ...", flush=True)
+        trecs = tool_miniature.run_all(tprof, out)
+        hist.update(tool_miniature.histories_of(trecs, out))
+        tool_public = [tool_miniature.public_record(r) for r in trecs]
+        meta["tool arms"] = (f"{tprof.steps} steps x {tprof.prompts_per_step} prompts x "
+                             f"{tprof.samples_per_prompt} samples, lr {tprof.lr}; "
+                             f"{time.time() - t1:.0f} s")
+    report = write_results(out, public + tool_public, hist, meta)
     print()
     print(format_table(public))
+    if tool_public:
+        print("\nTiny tool world:\n" + tool_miniature.format_table(tool_public))
     print(f"\n(tiny world: {time.time() - t0:.0f} s; total {time.time() - t_start:.0f} s; "
           f"{out / 'summary.json'}, {report})")
     return 0

@@ -16,8 +16,9 @@ dtype, sliced to ``vocab_size``), which is what ``logit_distillation_loss`` and 
 analytic baseline ``Divergence.expected_advantage`` need; ``scatter_rows`` puts an
 ``(N,)`` result back into the (B, T) frame.
 
-Position ids come from the attention mask (``cumsum - 1``), exactly as in the sampler,
-so left padding and masked-out tool results do not shift positions.
+Position ids come from the attention mask (``cumsum - 1``, ``rollout.position_ids_from_mask``),
+exactly as in the sampler, so left padding and masked-out tool results do not shift
+positions. This module imports ``opdplus.rollout`` and never ``opdplus.sampler``.
 
 Simplified: the packed-logits path needs a transformers version whose ``logits_to_keep``
 accepts a boolean mask (5.x); older versions get the last T + 1 positions as (B, T+1, V)
@@ -28,19 +29,13 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .sampler import Rollout
-
-
-def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
-    """Positions that skip padding: ``cumsum(mask) - 1``, clamped at 0 (pads get 0)."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+from .rollout import Rollout, position_ids_from_mask  # noqa: F401  (position ids re-exported)
 
 
 @dataclass
@@ -131,7 +126,7 @@ def packed_logits(
 
 def score(
     model,
-    rollout: "Rollout",
+    rollout: Rollout,
     *,
     grad: bool = False,
     return_logits: bool = False,

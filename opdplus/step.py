@@ -44,6 +44,7 @@ from .estimators import logit_distillation_loss, pg_loss
 from .prompts import EncodedPrompts, derive_seed, prompt_indices
 from .sampler import Rollout, rollout_from_sequences, sample, score
 from .scoring import scatter_rows
+from .tooluse import TOOL_STAT_KEYS, tool_record
 
 
 @dataclass
@@ -67,6 +68,9 @@ class RunState:
     history: History = field(default_factory=History)
     start_step: int = 0
     nonfinite_steps: int = 0
+    # Draws the sampled shards instead of ``sample`` (same keywords, returns a Rollout), e.g.
+    # ``opdplus.tooluse.tool_rollout_fn``; None: ``sample``.
+    rollout_fn: Any = None
 
     @property
     def unwrapped(self) -> torch.nn.Module:
@@ -115,7 +119,7 @@ def collect_rollouts(state: RunState, step: int) -> List[Tuple[str, Rollout]]:
             state.generator.manual_seed(derive_seed(c.seed, "sample", step, k))
             policy = state.generation_model if kind == "student" else state.teacher
             with acc.autocast():
-                r = sample(
+                r = (state.rollout_fn or sample)(
                     policy,
                     prompts,
                     G=c.samples_per_prompt,
@@ -147,7 +151,8 @@ _STAT_KEYS = (
     "truncated",
     "nonfinite",
     "offpolicy",
-)
+    "ratio_trunc",
+) + TOOL_STAT_KEYS
 
 
 def _micro_loss(
@@ -188,6 +193,7 @@ def _micro_loss(
         st["rows"] = float(mask.shape[0])
         st["len_sum"] = float(mask.sum())
         st["truncated"] = float(r.truncated.sum())
+        st.update(r.tool_stats() if hasattr(r, "tool_stats") else {})
     else:
         st["offpolicy"] = 1.0
     if kind == "seqkd":
@@ -221,12 +227,19 @@ def _micro_loss(
             clip_log_u=c.clip_range,
             max_importance_ratio=c.max_importance_ratio,
             num_tokens=n_norm,
+            # Tempered student rollouts with gamma > 0: prefix-product weights restore the
+            # student's state distribution (estimators). Teacher shards are mixed in for
+            # their states (GKD-style): the per-token ratio only.
+            prefix_weights=None if r.source == "student" else False,
         )
         n = m["tokens"]
         st["clipped"] = m["clip_frac"] * n
         st["adv_sum"] = m["adv_mean"] * n
         st["adv_sq"] = m["adv_std"] ** 2 * max(n - 1, 0) + n * m["adv_mean"] ** 2
         st["adv_n"] = float(n)
+        st["ratio_trunc"] = m["ratio_trunc_frac"] * n
+        if n:  # the raw importance ratio's maximum (a max, not summed with the others)
+            st["ratio_max"] = m["ratio_max"]
     st["loss"] = float(loss.detach())
     return loss, st
 
@@ -241,6 +254,7 @@ def accumulate_gradients(state: RunState, rollouts: List[Tuple[str, Rollout]]) -
     n_global = float(acc.reduce(n_local, "sum"))
     n_norm = max(n_global, 1.0) / acc.num_processes  # DDP averages over processes
     totals = dict.fromkeys(_STAT_KEYS, 0.0)
+    ratio_max = float("-inf")
     t_score = t_back = 0.0
     for i, (kind, r) in enumerate(rollouts):
         sync = i == len(rollouts) - 1
@@ -251,12 +265,16 @@ def accumulate_gradients(state: RunState, rollouts: List[Tuple[str, Rollout]]) -
             acc.backward(loss)
             t_back += time.perf_counter() - t1
             t_score += t1 - t0
+        ratio_max = max(ratio_max, st.pop("ratio_max", float("-inf")))
         for k, v in st.items():
             totals[k] += v
     vec = torch.tensor([totals[k] for k in _STAT_KEYS], dtype=torch.float64, device=acc.device)
     summed = acc.reduce(vec, "sum").tolist()
     out = dict(zip(_STAT_KEYS, summed))
     out["loss"] /= acc.num_processes
+    if acc.num_processes > 1:
+        ratio_max = float(acc.gather(torch.tensor([ratio_max], device=acc.device)).max())
+    out["ratio_max"] = ratio_max if math.isfinite(ratio_max) else None
     out["t_score"], out["t_backward"] = t_score, t_back
     return out
 
@@ -281,12 +299,15 @@ def _record(
         "completion_len": ratio("len_sum", "rows"),
         "truncation_frac": ratio("truncated", "rows"),
         "clip_frac": ratio("clipped", "adv_n"),
+        "ratio_max": st.get("ratio_max"),  # raw per-token importance ratio, not truncated
+        "ratio_trunc_frac": ratio("ratio_trunc", "adv_n"),
         "adv_mean": adv_mean,
         "adv_std": math.sqrt(max(adv_var, 0.0)) if adv_var is not None else None,
         "tokens": int(st["tokens"]),
         "offpolicy_shards": int(st["offpolicy"]),
         "lr": lr,
         "skipped": skipped,
+        **tool_record(st),
     }
 
 

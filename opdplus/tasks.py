@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
@@ -85,6 +86,15 @@ class TaskConfig:
         if not self.ops or set(self.ops) - set("+-*/") or not set(self.ops) & set("+-"):
             raise ValueError(f"ops must be a subset of '+-*/' containing + or -, got "
                              f"{self.ops!r}")
+        # Without both + and -, a value can be a dead end (1 with ops "-/": nothing keeps
+        # it in [1, max_value]); the generator avoids them, but a start must exist that
+        # supports every step count.
+        for n in range(self.min_steps, self.max_steps + 1):
+            if not _starts(self, n):
+                raise ValueError(
+                    f"ops {self.ops!r} cannot make a {n}-step problem from a start in "
+                    f"[2, {self.max_start}] within [1, {self.max_value}]; raise max_start "
+                    f"or max_value, lower max_steps, or add '+' and '-' to ops")
 
 
 def _operand_choices(op: str, v: int, cfg: TaskConfig) -> Sequence[int]:
@@ -102,18 +112,57 @@ def _apply(op: str, a: int, k: int) -> int:
     return {"+": a + k, "-": a - k, "*": a * k, "/": a // k}[op]
 
 
+@lru_cache(maxsize=32)
+def _reachable(cfg: TaskConfig) -> Tuple[frozenset, ...]:
+    """``out[r]``: the values from which r more operations can be made (all in range).
+
+    Dynamic programming over ``[1, max_value]``, r = 0 .. max_steps. With both + and - in
+    ops every value qualifies (one of them applies anywhere in the range), so nothing is
+    computed.
+    """
+    values = frozenset(range(1, cfg.max_value + 1))
+    if "+" in cfg.ops and "-" in cfg.ops:
+        return (values,) * (cfg.max_steps + 1)
+    out = [values]
+    for _ in range(cfg.max_steps):
+        prev = out[-1]
+        out.append(frozenset(v for v in values if any(
+            _apply(op, v, k) in prev for op in cfg.ops for k in _operand_choices(op, v, cfg))))
+    return tuple(out)
+
+
+def _choices(cfg: TaskConfig, op: str, value: int, steps_after: int) -> Sequence[int]:
+    """Operands of ``op`` at ``value`` that leave ``steps_after`` more steps possible."""
+    ks = _operand_choices(op, value, cfg)
+    if "+" in cfg.ops and "-" in cfg.ops:
+        return ks  # no dead ends (see _reachable)
+    ok = _reachable(cfg)[steps_after]
+    return [k for k in ks if _apply(op, value, k) in ok]
+
+
+def _starts(cfg: TaskConfig, steps: int) -> Sequence[int]:
+    """Start values from which a ``steps``-step problem can be generated."""
+    if "+" in cfg.ops and "-" in cfg.ops:
+        return range(2, cfg.max_start + 1)
+    ok = _reachable(cfg)[steps]
+    return [v for v in range(2, cfg.max_start + 1) if v in ok]
+
+
 def generate_problem(rng: random.Random, config: TaskConfig = TaskConfig()) -> dict:
     """One problem drawn from ``rng``: ``{"question", "answer", "final", "steps"}``."""
     name, pron = rng.choice(NAMES)
     item = rng.choice(ITEMS)
     n_steps = rng.randint(config.min_steps, config.max_steps)
-    value = rng.randint(2, config.max_start)
+    # rng.choice over a list draws exactly as rng.randint over the same range, so the
+    # shipped splits (ops "+-*", where nothing is filtered out) are unchanged.
+    value = rng.choice(_starts(config, n_steps))  # non-empty: checked by TaskConfig
     sentences = [f"{name} has {value} {item}."]
     work = []
-    for _ in range(n_steps):
-        feasible = [op for op in config.ops if len(_operand_choices(op, value, config)) > 0]
-        op = rng.choice(feasible)  # non-empty: "+" or "-" is always feasible for value >= 1
-        k = rng.choice(_operand_choices(op, value, config))
+    for i in range(n_steps):
+        left = n_steps - i - 1
+        feasible = [op for op in config.ops if len(_choices(config, op, value, left)) > 0]
+        op = rng.choice(feasible)  # non-empty: value was reachable with this many steps left
+        k = rng.choice(_choices(config, op, value, left))
         phrase = rng.choice(PHRASES[op])
         sentences.append(phrase.format(p=pron, P=pron.capitalize(), k=k))
         new = _apply(op, value, k)

@@ -16,7 +16,9 @@ Everything a CPU-only reader needs to own a teacher and a student on the word pr
   parameters; ``STUDENT``: 2 layers, width 96, ~0.30M), tied embeddings.
 - **SFT** (``sft``): next-token cross-entropy on the completion tokens only, AdamW with
   warm-up, a constant LR, then a linear decay over the last part of training; fresh problems
-  every step from a stream, periodic greedy validation accuracy.
+  every step from a stream, periodic greedy validation accuracy. A ``tqdm.auto`` bar over
+  the steps (with an ETA) and one line per validation check, when someone is watching
+  (``opdplus.progress``: silent under tests and nbval).
 - **Loaders** ``load_tokenizer``, ``load_teacher``, ``load_student``: read the shipped
   ``data/tiny_world/`` files and say how to regenerate them when one is missing.
 
@@ -338,14 +340,17 @@ class SFTRun:
 def sft(model, tokenizer, problems: Union[Sequence[dict], Iterable[dict]],
         config: SFTConfig = SFTConfig(), eval_problems: Optional[Sequence[dict]] = None,
         device="cpu", callback: Optional[Callable[[dict], None]] = None,
-        progress: bool = True) -> SFTRun:
+        progress: Optional[bool] = None, label: str = "sft") -> SFTRun:
     """Train ``model`` in place on GSM8K-format ``problems`` (a list or an endless stream).
 
     With ``eval_problems`` and ``config.eval_every``, greedy accuracy is measured on them
     every ``eval_every`` steps and at the end (choose validation problems, never test).
-    ``callback`` gets each history row as it is written.
+    ``callback`` gets each history row as it is written. ``progress``
+    (``opdplus.progress.enabled``; None: on when stderr is a terminal) shows a bar over the
+    steps named ``label`` and prints one line per validation check: step, loss, accuracy,
+    seconds so far.
     """
-    from tqdm.auto import tqdm
+    from . import progress as _progress
 
     model.to(device).train()
     decay = [p for p in model.parameters() if p.ndim >= 2]
@@ -356,8 +361,9 @@ def sft(model, tokenizer, problems: Union[Sequence[dict], Iterable[dict]],
     run, best_state = SFTRun(), None
     t0 = time.perf_counter()
     batches = _batches(problems, config.batch_size, config.seed)
-    bar = tqdm(range(config.steps), disable=not progress, desc="sft", leave=False)
-    for step in bar:
+    show = _progress.enabled(progress)
+    bar = _progress.bar(total=config.steps, desc=label, unit="step", progress=show)
+    for step in range(config.steps):
         lr = lr_at(step, config)
         for g in opt.param_groups:
             g["lr"] = lr
@@ -371,9 +377,11 @@ def sft(model, tokenizer, problems: Union[Sequence[dict], Iterable[dict]],
         if eval_problems and config.eval_every and ((step + 1) % config.eval_every == 0 or last):
             acc = evaluation.evaluate(model, tokenizer, eval_problems, device=device,
                                       prompt_fn=format_prompt, max_new_tokens=48,
-                                      batch_size=100).accuracy
+                                      batch_size=100, progress=False).accuracy  # our line
             row["val_accuracy"] = acc
             bar.set_postfix(loss=f"{row['loss']:.3f}", val=f"{acc:.3f}")
+            bar.write(f"{label} step {step + 1}/{config.steps}: loss {row['loss']:.3f}, "
+                      f"val accuracy {acc:.3f}, {time.perf_counter() - t0:.0f} s")
             if run.best_val_accuracy is None or acc > run.best_val_accuracy:
                 run.best_step, run.best_val_accuracy = step + 1, acc
                 if config.keep_best:
@@ -381,10 +389,13 @@ def sft(model, tokenizer, problems: Union[Sequence[dict], Iterable[dict]],
         row["elapsed_s"] = time.perf_counter() - t0
         run.history.append(row)
         run.steps_done = step + 1
+        bar.update(1)
         if callback:
             callback(row)
         stop = config.stop_at_accuracy
         if stop is not None and row.get("val_accuracy", -1.0) >= stop:
+            bar.write(f"{label}: stopped at step {step + 1}, val accuracy "
+                      f"{row['val_accuracy']:.3f} >= {stop:g}")
             break
     bar.close()
     if config.keep_best and best_state is not None:

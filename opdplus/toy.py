@@ -6,7 +6,10 @@ exact value: the objective J_f, its gradient (autograd over all sequences), and 
 ``pg_loss``: enumerating all sequences and weighting each by its probability through
 the importance ratio (``sampler_logp = log p_theta - log p(y)`` makes ``rho = p(y)``)
 turns the sampled-token loss into its exact expectation. So the oracles test the code
-that trains models, not a copy of it.
+that trains models, not a copy of it. ``temperature=`` draws the rollouts from the
+tempered student, as the trainer does, and shows that with ``gamma = 1`` the
+prefix-product ratios of ``estimators`` keep the gradient exact where per-token ratios
+alone do not.
 
 Simplifications: fixed horizon T (no EOS), student and teacher parameterised directly
 by a table of next-token logits per prefix. With V = 6 and T = 4 there are 259 prefixes
@@ -163,28 +166,53 @@ class TabularToy:
         return g
 
     def expected_gradient(self, divergence, estimator: str, gamma: float = 0.0,
-                          **loss_kwargs) -> Tensor:
+                          temperature: float = 1.0, **loss_kwargs) -> Tensor:
         """Exact expectation of the ``pg_loss`` gradient, by enumeration.
 
-        Every sequence enters once with importance weight p(y) (see the module doc).
-        ``loss_kwargs`` go to ``pg_loss`` (clipping is off unless given).
+        Every sequence enters once with its probability under the sampler (see the module
+        doc). ``temperature != 1``: the rollouts come from the tempered student
+        ``softmax(z / T)`` and ``pg_loss`` gets the sampler's log-probs, as in training;
+        with ``gamma > 0`` it then weights by prefix-product ratios (``estimators``), so
+        ``gamma = 1`` stays the exact gradient of J_f. ``loss_kwargs`` go to ``pg_loss``
+        (clipping is off unless given).
         """
         z = self.student_logits.detach().clone().requires_grad_(True)
         seqs = self._seqs
         lp = self.token_logps(seqs, z)
         lq = self.token_logps(seqs, self.teacher_logits)
-        log_py = lp.detach().sum(1, keepdim=True)
-        sampler = lp.detach() - log_py  # rho_t = exp(lp - sampler) = p(y)
         loss_kwargs.setdefault("clip_log_u", None)
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if temperature == 1.0:
+            # On-policy: pg_loss would get no sampler log-probs, and rho_t = 1. Here
+            # rho_t = exp(lp - sampler) = p(y) at every token weights the sequence.
+            prefix = bool(loss_kwargs.pop("prefix_weights", None) or False)
+            if prefix:
+                raise ValueError("prefix_weights needs temperature != 1 in the toy (on-policy "
+                                 "the prefix weights are 1)")
+            sampler = lp.detach() - lp.detach().sum(1, keepdim=True)
+        else:
+            ls = self.token_logps(seqs, self.student_logits.detach() / temperature)
+            log_py = ls.sum(1, keepdim=True)  # log p_T(y), the sampler's sequence probability
+            prefix = loss_kwargs.pop("prefix_weights", None)
+            prefix = gamma > 0.0 if prefix is None else bool(prefix)
+            if prefix and loss_kwargs.get("max_importance_ratio") is not None:
+                raise ValueError("the toy's exact expectation cannot truncate prefix weights")
+            sampler = ls.clone()
+            if prefix:  # every R_t = prod_{k<=t} rho_k shares rho_1: weight p_T(y) goes there
+                sampler[:, :1] -= log_py
+            else:  # per-token ratios: each rho_t carries the weight p_T(y)
+                sampler -= log_py
         loss, _ = pg_loss(lp, lq, torch.ones_like(lp, dtype=torch.bool), divergence, estimator,
-                          sampler_logp_BT=sampler, gamma=gamma, num_tokens=1, **loss_kwargs)
+                          sampler_logp_BT=sampler, gamma=gamma, num_tokens=1,
+                          prefix_weights=prefix, **loss_kwargs)
         (g,) = torch.autograd.grad(loss, z)
         return g
 
-    def sample(self, n: int, generator: torch.Generator) -> Tensor:
-        """Draw ``n`` sequences from the student, ``(n, T)``."""
+    def sample(self, n: int, generator: torch.Generator, temperature: float = 1.0) -> Tensor:
+        """Draw ``n`` sequences from the student (tempered: ``softmax(z / T)``), ``(n, T)``."""
         seqs = torch.zeros(n, 0, dtype=torch.long)
-        probs = torch.softmax(self.student_logits.detach(), -1)
+        probs = torch.softmax(self.student_logits.detach() / temperature, -1)
         for _ in range(self.horizon):
             p = probs[self._row_index(seqs)]
             nxt = torch.multinomial(p, 1, generator=generator)
@@ -192,19 +220,25 @@ class TabularToy:
         return seqs
 
     def sampled_gradients(self, divergence, estimator: str, gamma: float, batches: int,
-                          batch_size: int, generator: torch.Generator, **loss_kwargs) -> Tensor:
+                          batch_size: int, generator: torch.Generator,
+                          temperature: float = 1.0, **loss_kwargs) -> Tensor:
         """Monte Carlo: the ``pg_loss`` gradient on ``batches`` independent student batches.
 
         Returns ``(batches, num_prefixes, V)``; their mean estimates the expected gradient
-        and their standard deviation / sqrt(batches) is its standard error.
+        and their standard deviation / sqrt(batches) is its standard error. With
+        ``temperature != 1`` the batches come from the tempered student and ``pg_loss``
+        gets the sampler's log-probs, as in training.
         """
         loss_kwargs.setdefault("clip_log_u", None)
         out = []
         for _ in range(batches):
-            seqs = self.sample(batch_size, generator)
+            seqs = self.sample(batch_size, generator, temperature)
             z = self.student_logits.detach().clone().requires_grad_(True)
             lp = self.token_logps(seqs, z)
             lq = self.token_logps(seqs, self.teacher_logits)
+            if temperature != 1.0:
+                loss_kwargs["sampler_logp_BT"] = self.token_logps(
+                    seqs, self.student_logits.detach() / temperature)
             # Normalise by the number of sequences: the gradient of J_f is a per-sequence sum.
             loss, _ = pg_loss(lp, lq, torch.ones_like(lp, dtype=torch.bool), divergence, estimator,
                               gamma=gamma, num_tokens=batch_size, **loss_kwargs)

@@ -10,8 +10,10 @@ timings, plus the numbers of each evaluation.
 
 Around the steps: a tqdm progress bar, callbacks ``cb(step, record, history)`` for live
 plots, ``OUT/history.json`` rewritten after every step, periodic evaluation, atomic
-checkpoints (``opdplus.checkpoint``) and exact resumption, and a guard that skips steps
-with a non-finite loss or gradient and stops after ``max_nonfinite_steps`` of them.
+checkpoints (``opdplus.checkpoint``; by default every ``checkpoint_every`` steps or
+``checkpoint_minutes`` of wall clock, whichever comes first) and exact resumption, and a
+guard that skips steps with a non-finite loss or gradient and stops after
+``max_nonfinite_steps`` of them.
 
 Distribution is Hugging Face Accelerate (``accelerate launch``; DDP tested on two CPU
 processes, an FSDP config is documented in ``configs/``). Dropout stays off (``eval()``):
@@ -43,6 +45,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import RESUMABLE_CHANGES, TrainConfig, preset  # noqa: F401  (re-exported)
+from .progress import enabled as progress_enabled
 from .preflight import preflight
 from .prompts import PromptLike, context_length, encode_prompts
 from .sampler import sample, score
@@ -107,6 +110,7 @@ def setup(
     out_dir: Union[str, Path, None] = None,
     resume: bool = False,
     teacher_tokenizer=None,
+    rollout_fn=None,
 ) -> RunState:
     """Validate inputs, prepare models and optimizer, and restore a checkpoint when resuming.
 
@@ -145,11 +149,7 @@ def setup(
         Path(out_dir).mkdir(parents=True, exist_ok=True)
     ckpt = latest_checkpoint(out_dir) if out_dir is not None else None
     if resume and ckpt is None:
-        raise CheckpointError(
-            "resume requested but there is no checkpoint in "
-            f"{checkpoint_root(out_dir) if out_dir else '(no out_dir given)'}"
-            "; run without resume to start fresh"
-        )
+        raise CheckpointError(_no_checkpoint_message(out_dir, config))
     if not resume and ckpt is not None:
         raise CheckpointError(
             f"{out_dir} already holds a checkpoint ({ckpt.name}); pass resume=True to "
@@ -187,6 +187,7 @@ def setup(
         generator=torch.Generator(device=acc.device),
         shard_prompts=shard_prompts,
         shards_per_process=shards_per_process,
+        rollout_fn=rollout_fn,
     )
     if resume:
         saved = load_training_state(
@@ -201,6 +202,31 @@ def setup(
         state.start_step = int(saved["step"])
         state.nonfinite_steps = int(saved.get("nonfinite_steps", 0))
     return state
+
+
+def _no_checkpoint_message(out_dir: Union[str, Path, None], config: TrainConfig) -> str:
+    """Why ``resume`` cannot go on, and, when a ``history.json`` shows lost steps, how many."""
+    if out_dir is None:
+        return "resume requested but no out_dir was given; pass the out_dir of the run to resume"
+    msg = f"resume requested but there is no checkpoint in {checkpoint_root(out_dir)}"
+    hist = Path(out_dir) / "history.json"
+    try:
+        lost = len(History.load(hist)) if hist.is_file() else 0
+    except (OSError, ValueError):
+        lost = 0
+    if not lost:
+        return msg + "; run without resume to start fresh"
+    every = (
+        f"checkpoint_every={config.checkpoint_every}, checkpoint_minutes="
+        f"{config.checkpoint_minutes:g}"
+    )
+    return (
+        f"{msg}, although {hist} records {lost} finished step(s): the run stopped before its "
+        f"first checkpoint, so those {lost} step(s) are lost. Start again without resume "
+        f"(history.json is rewritten). A killed run loses only the steps since its last "
+        f"checkpoint; keep periodic checkpoints on, and shorten the intervals if that is too "
+        f"much to lose (now {every}; 0 turns one off)"
+    )
 
 
 def _check_resumable(saved: Dict[str, Any], config: TrainConfig, ckpt: Path) -> None:
@@ -233,6 +259,7 @@ def train(
     resume: bool = False,
     accelerator=None,
     teacher_tokenizer=None,
+    rollout_fn=None,
 ) -> History:
     """Distil ``teacher`` into ``student`` on ``prompts``; see the module docstring.
 
@@ -247,6 +274,10 @@ def train(
     ``teacher_tokenizer``: the teacher's own tokenizer, if it was loaded separately; it is
     compared with ``tokenizer`` (vocabulary, special tokens, chat template) before any
     compute, and a difference raises ``TokenizerMismatchError``.
+    ``rollout_fn``: draws the student's (and teacher-sampled) rollouts in place of
+    ``opdplus.sampler.sample``, with its keywords; ``opdplus.tooluse.tool_rollout_fn`` gives
+    multi-turn rollouts with tools, whose metrics (``tool_calls``, ``tool_turns``,
+    ``tool_call_errors_<kind>``, ...) join each step's record.
     The student is trained in place; the returned History is also in ``out_dir``.
     """
     state = setup(
@@ -259,6 +290,7 @@ def train(
         out_dir=out_dir,
         resume=resume,
         teacher_tokenizer=teacher_tokenizer,
+        rollout_fn=rollout_fn,
     )
     acc, c, history = state.accelerator, config, state.history
     main = acc.is_main_process
@@ -268,12 +300,12 @@ def train(
             "student is sharded); evaluate the saved checkpoints instead"
         )
         eval_fn = None
-    t_start = time.perf_counter()
+    t_start = t_saved = time.perf_counter()
     bar = tqdm(
         range(state.start_step, c.steps),
         initial=state.start_step,
         total=c.steps,
-        disable=not (main and c.progress),
+        disable=not (main and c.progress and progress_enabled(None)),
         desc=f"{c.divergence} {c.estimator}",
     )
     for step in bar:
@@ -309,9 +341,7 @@ def train(
                 history.save(Path(out_dir) / "history.json")
             for cb in callbacks:
                 cb(step, rec, history)
-        if out_dir is not None and (
-            last or (c.checkpoint_every and (step + 1) % c.checkpoint_every == 0)
-        ):
+        if out_dir is not None and _checkpoint_due(acc, c, step, last, t_saved):
             save_checkpoint(
                 acc,
                 out_dir,
@@ -330,8 +360,28 @@ def train(
                 tokenizer=tokenizer,
                 keep=c.keep_checkpoints,
             )
+            t_saved = time.perf_counter()
     bar.close()
     return history
+
+
+def _checkpoint_due(acc, c: TrainConfig, step: int, last: bool, t_saved: float) -> bool:
+    """Checkpoint after this step? At the last step, every ``checkpoint_every`` steps, or once
+    ``checkpoint_minutes`` have passed since the last save, whichever comes first.
+
+    Saving is a collective call, so under several processes the main process's clock
+    decides for all (each process reading its own clock could disagree, and hang).
+    """
+    due = last or bool(c.checkpoint_every and (step + 1) % c.checkpoint_every == 0)
+    if due or not c.checkpoint_minutes:
+        return due
+    due = time.perf_counter() - t_saved >= 60.0 * c.checkpoint_minutes
+    if acc.num_processes > 1:
+        from accelerate.utils import broadcast
+
+        flag = broadcast(torch.tensor([int(due)], device=acc.device), from_process=0)
+        due = bool(flag.item())
+    return due
 
 
 # ----------------------------------------------------------------------------- evaluation helper

@@ -1,4 +1,4 @@
-"""A thin ipywidgets layer over the pure builders of ``opdplus.plotting``.
+"""A thin ipywidgets layer over the pure figure builders (``plots_toy``, ``plots_runs``).
 
 Each explorer is a ``FigureBox``: a row of controls above an ``Output`` area, and
 ``builder(**control_values)`` re-run whenever a control changes. The current
@@ -7,7 +7,7 @@ browser. There is no logic here beyond wiring: anything that computes (a fit, a
 dynamics run) is passed in by the notebook, which is where the lesson lives.
 ``TrainingMonitor`` is the same idea driven by the trainer instead of a slider: its
 ``callback(arm)`` is a ``train(..., callbacks=[...])`` hook that redraws
-``plotting.fig_learning_curves`` as the steps come in.
+``plots_runs.fig_learning_curves`` as the steps come in.
 
 Why ``Output`` and not ``go.FigureWidget``: plotly >= 6 needs the optional
 ``anywidget`` package for ``FigureWidget``. Writing the figure's mime bundle into
@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 import ipywidgets as W
 import plotly.graph_objects as go
 
-from . import plotting
+from . import plots_runs, plots_toy
 from .divergences import get
 
 
@@ -65,12 +65,12 @@ def divergence_explorer(beta: float = 0.5, alpha: float = 0.5, kind: str = "adva
                         log_u_range: Tuple[float, float] = (-3.0, 3.0)) -> FigureBox:
     """Sliders for JSD's β and the α-divergence's α over the generator or advantage builder.
 
-    ``kind="generators"`` shows f(u) (``plotting.fig_generators``), ``"advantages"``
-    shows −f (OPD) and w_f (OPD+) (``plotting.fig_advantages``), for reverse KL,
+    ``kind="generators"`` shows f(u) (``plots_toy.fig_generators``), ``"advantages"``
+    shows −f (OPD) and w_f (OPD+) (``plots_toy.fig_advantages``), for reverse KL,
     forward KL, JSD_β and the α-divergence: moving α shows the family sliding between
     the two KL directions.
     """
-    builders = {"generators": plotting.fig_generators, "advantages": plotting.fig_advantages}
+    builders = {"generators": plots_toy.fig_generators, "advantages": plots_toy.fig_advantages}
     if kind not in builders:
         raise ValueError(f"kind must be one of {sorted(builders)}, got {kind!r}")
 
@@ -89,14 +89,14 @@ def teacher_shape_explorer(
     left_weight: float = 0.5,
     separation_range: Tuple[float, float] = (0.0, 8.0),
 ) -> FigureBox:
-    """Sliders for a bimodal teacher's shape over ``plotting.fig_categorical``.
+    """Sliders for a bimodal teacher's shape over ``plots_toy.fig_categorical``.
 
     ``fit(separation, left_weight)`` (written in the notebook) returns
     ``(teacher_probs, {label: student_probs}, grid)``; the figure overlays them.
     """
     def build(separation: float, left_weight: float) -> go.Figure:
         teacher, students, grid = fit(separation, left_weight)
-        return plotting.fig_categorical(
+        return plots_toy.fig_categorical(
             teacher, students, labels=[float(x) for x in grid], style="lines",
             title=f"Fitted students, teacher modes {separation:.1f} apart, "
                   f"left weight {left_weight:.2f}", x_title="grid position x (bin centre)")
@@ -121,7 +121,7 @@ def dynamics_explorer(runs: Mapping[Any, Mapping[str, Any]], teacher_probs: Any,
         k = min(step // record_every, n - 1)
         students = {("/".join(key) if isinstance(key, tuple) else str(key)): r["probs"][k]
                     for key, r in runs.items()}
-        return plotting.fig_categorical(teacher_probs, students,
+        return plots_toy.fig_categorical(teacher_probs, students,
                                         title=f"Student distributions at step {k * record_every}")
 
     last = (n - 1) * record_every
@@ -136,7 +136,7 @@ class TrainingMonitor(W.VBox):
     ``monitor.callback(arm)`` returns a trainer callback ``cb(step, record, history)``
     (pass it in ``train(..., callbacks=[...])``); each arm gets its own. Every ``every``
     steps, and at an arm's ``last_step``, the callback redraws
-    ``plotting.fig_learning_curves`` over every arm seen so far, so earlier arms stay on
+    ``plots_runs.fig_learning_curves`` over every arm seen so far, so earlier arms stay on
     the figure for comparison. The figure is written into the ``Output`` (as
     ``FigureBox`` does) and kept on ``monitor.figure``, so it also works with no
     frontend (nbval, a script): nothing here needs a browser.
@@ -170,7 +170,7 @@ class TrainingMonitor(W.VBox):
         """Redraw the curves of every arm so far (no-op before the first step)."""
         if not self.histories:
             return None
-        self.figure = plotting.fig_learning_curves(self.histories, metrics=self.metrics,
+        self.figure = plots_runs.fig_learning_curves(self.histories, metrics=self.metrics,
                                                    cols=self.cols, title=self.title)
         bundle = dict(self.figure._repr_mimebundle_() or {})
         bundle.setdefault("text/plain", f"<plotly figure: {self.title}>")

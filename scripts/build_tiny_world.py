@@ -7,11 +7,14 @@
 Steps (all seeded):
 1. ``opdplus.tasks.write_splits``: test, validation and train JSONL (byte-for-byte
    reproducible) and ``task_config.json``.
-2. The word-level tokenizer with single-digit tokens, saved with ``save_pretrained``.
+2. The word-level tokenizer with single-digit tokens, saved with ``save_pretrained`` (and
+   copied beside each model, so that a model directory loads on its own).
 3. Teacher: a 4-layer width-128 Llama, SFT on fresh problems (never a validation or test
    question), LR decay over the last 30%, the best validation checkpoint kept.
 4. Student: a 2-layer width-96 Llama, the same recipe at constant LR, stopped at the first
    validation check reaching 35% greedy accuracy: clearly weaker, and still learning.
+Progress: a bar over each role's SFT steps with an ETA, and one line per validation check,
+when stderr is a terminal (``OPDPLUS_QUIET=1`` silences them; see ``opdplus.progress``).
 Each checkpoint gets ``provenance.json`` (how and how well it was trained: greedy pass@1
 on the test split with its Wilson interval) and ``history.json`` (the per-step log).
 """
@@ -78,7 +81,7 @@ def train_role(role: str, out: Path, seed: int, profile: str, device: str, threa
     stream = tasks.problem_stream(seed + offset + 1, exclude=held)
     print(f"{role}: {tinyworld.n_params(model):,} parameters, {cfg.steps} steps max")
     run = tinyworld.sft(model, tok, stream, cfg, eval_problems=splits["validation"],
-                        device=device)
+                        device=device, label=role)  # a bar and a line per validation check
     t0 = time.perf_counter()
     res = evaluation.evaluate(model, tok, splits["test"], max_new_tokens=48, batch_size=100,
                               device=device)
@@ -87,6 +90,8 @@ def train_role(role: str, out: Path, seed: int, profile: str, device: str, threa
     model.save_pretrained(str(dest))
     (dest / "history.json").write_text(json.dumps(run.history) + "\n")
     size = sum(f.stat().st_size for f in dest.iterdir() if f.name != "history.json")
+    for f in (out / "tokenizer").iterdir():  # beside the weights: the directory loads alone
+        (dest / f.name).write_bytes(f.read_bytes())
     prov = {
         "role": role,
         "script": "scripts/build_tiny_world.py",

@@ -4,6 +4,8 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Long jobs report progress only when watched (opdplus.progress); tests are never watched.
+os.environ.setdefault("OPDPLUS_QUIET", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -265,3 +265,107 @@ def test_bad_tensors_are_rejected_with_a_clear_error():
         d.advantage(torch.tensor([0.0, float("nan")]))
     with pytest.raises(ValueError, match="unknown estimator"):
         d.advantage(torch.zeros(3), "opd++")
+
+
+# ----------------------------------------------------------------------------- numerics
+
+
+@pytest.mark.parametrize("name", ["pearson_chi2", "neyman_chi2"])
+def test_chi2_full_vocab_is_finite_in_float32_when_a_log_prob_is_below_minus_88(name):
+    # Student log p = -90 and teacher log q = -60 on token 1 (the other way round for
+    # Neyman, whose perspective divides by q): e^-90 underflows to 0 in float32, and the
+    # plain (q - p)^2 * exp(-log p) was 0 * inf = NaN.
+    zs = torch.tensor([[0.0, -90.0, 0.5], [1.0, 0.0, -90.0]])
+    zt = torch.tensor([[0.0, -60.0, 0.2], [1.0, 0.3, -60.0]])
+    if name == "neyman_chi2":
+        zs, zt = zt, zs
+    d = D.get(name)
+    val32 = d.full_vocab(zs, zt)
+    val64 = d.full_vocab(zs.double(), zt.double())
+    p, q = torch.softmax(zs.double(), -1), torch.softmax(zt.double(), -1)
+    explicit64 = (p * d.f(q / p)).sum(-1)
+    torch.testing.assert_close(val64, explicit64, rtol=1e-12, atol=0)
+    assert torch.isfinite(val32).all()
+    torch.testing.assert_close(val32.double(), val64, rtol=1e-5, atol=0)
+    z = zs.clone().requires_grad_(True)
+    d.full_vocab(z, zt).sum().backward()
+    assert torch.isfinite(z.grad).all()
+    # and the token's own term is the float64 value e^(2(-60) + 90) = e^-30 (p tiny, q not)
+    lp, lq = torch.log_softmax(zs, -1), torch.log_softmax(zt, -1)
+    a, b = (lp, lq) if name == "pearson_chi2" else (lq, lp)
+    term = d.perspective(lp, lq)[0, 1].double()
+    ref = math.exp(2 * float(b[0, 1]) - float(a[0, 1])) * (1 - math.exp(float(a[0, 1] - b[0, 1]))) ** 2
+    assert math.isclose(float(term), ref, rel_tol=1e-5)
+
+
+def _alpha_divergence_decimal(zs, zt, alpha):
+    """sum_a p f(q/p) for the Amari alpha-divergence in 50-digit decimal arithmetic."""
+    from decimal import Decimal, localcontext
+
+    out = []
+    with localcontext() as ctx:
+        ctx.prec = 50
+        a = Decimal(alpha)
+        for row_s, row_t in zip(zs.tolist(), zt.tolist()):
+            es = [Decimal(x).exp() for x in row_s]
+            et = [Decimal(x).exp() for x in row_t]
+            p = [e / sum(es) for e in es]
+            q = [e / sum(et) for e in et]
+            tot = Decimal(0)
+            for pa, qa in zip(p, q):
+                u = qa / pa
+                tot += pa * ((a * u.ln()).exp() - a * u - (1 - a)) / (a * (a - 1))
+            out.append(float(tot))
+    return torch.tensor(out, dtype=DT)
+
+
+@pytest.mark.parametrize("alpha", [1e-6, -1e-6, 1e-4, 1 - 1e-6, 1 + 1e-6, 1 - 1e-4, 0.3, 2.0])
+def test_alpha_full_vocab_is_accurate_next_to_the_kl_limits(alpha):
+    # The plain perspective (p^(1-a) q^a - a q - (1-a) p) / (a (a-1)) cancels: relative
+    # error ~ eps / |a|, 0.12 in float32 at a = 1e-6. Reference: 50-digit decimals.
+    zs, zt = _rand_logits((4, 7), 11, 1.0), _rand_logits((4, 7), 12, 1.0)
+    zs, zt = zs.float(), zt.float()  # the decimal reference starts from the float32 logits
+    ref = _alpha_divergence_decimal(zs.double(), zt.double(), alpha)
+    d = D.get("alpha", alpha=alpha)
+    torch.testing.assert_close(d.full_vocab(zs.double(), zt.double()), ref, rtol=1e-10, atol=0)
+    torch.testing.assert_close(d.full_vocab(zs, zt).double(), ref, rtol=2e-5, atol=0)
+
+
+def test_alpha_full_vocab_is_finite_when_a_power_overflows():
+    # a = 0.2: p u^a = exp(lp + a t) with t = 200; expm1(a t) alone is inf in float32.
+    zs = torch.tensor([[0.0, -200.0, 0.0]])
+    zt = torch.tensor([[0.0, 0.0, 0.0]])
+    for alpha in (0.2, 0.8):
+        d = D.get("alpha", alpha=alpha)
+        v32, v64 = d.full_vocab(zs, zt), d.full_vocab(zs.double(), zt.double())
+        assert torch.isfinite(v32).all()
+        torch.testing.assert_close(v32.double(), v64, rtol=1e-5, atol=0)
+
+
+def test_full_vocab_has_no_double_backward_and_says_so():
+    d = D.get("forward_kl")
+    zs = _rand_logits((3, 4, 6), 13).requires_grad_(True)
+    zt = _rand_logits((3, 4, 6), 14)
+    (g,) = torch.autograd.grad(d.full_vocab(zs, zt).sum(), zs, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        torch.autograd.grad(g.sum(), zs)
+
+
+def test_full_vocab_checks_for_nan_only_at_masked_in_positions():
+    d = D.get("reverse_kl")
+    zs, zt = _rand_logits((2, 3, 5), 15), _rand_logits((2, 3, 5), 16)
+    mask = torch.tensor([[True, False, True], [True, True, False]])
+    bad_s, bad_t = zs.clone(), zt.clone()
+    bad_s[0, 1] = float("nan")  # masked-out positions: padding may hold anything
+    bad_t[1, 2] = float("inf")
+    got = d.full_vocab(bad_s, bad_t, mask)
+    torch.testing.assert_close(got, d.full_vocab(zs, zt, mask), rtol=0, atol=0)
+    z = bad_s.clone().requires_grad_(True)
+    d.full_vocab(z, bad_t, mask).sum().backward()
+    assert torch.isfinite(z.grad).all() and (z.grad[0, 1] == 0).all()
+    torch.testing.assert_close(
+        D.get("reverse_kl").expected_advantage(bad_s, bad_t, mask=mask),
+        D.get("reverse_kl").expected_advantage(zs, zt, mask=mask), rtol=0, atol=0)
+    bad_s[0, 2, 3] = float("nan")  # a masked-in position
+    with pytest.raises(ValueError, match="student logits contains non-finite values \\(1 NaN"):
+        d.full_vocab(bad_s, zt, mask)

@@ -1,5 +1,7 @@
 """The sampled-token surrogate loss: its parts against naive loops and its gradient against autograd forms."""
 
+import math
+
 import pytest
 import torch
 
@@ -135,7 +137,11 @@ def test_importance_ratio_reweights_off_policy_tokens():
     loss3, m2 = pg_loss(_logp(z3, tok), lq, mask, "jsd", "opd+", sampler_logp_BT=sampler,
                         max_importance_ratio=c, clip_log_u=None)
     loss3.backward()
-    assert m2["ratio_max"] <= c + 1e-12
+    # the metrics show the raw ratio's maximum and, beside it, how much was truncated
+    assert m2["ratio_max"] == pytest.approx(float(rho[mask].max()), rel=1e-6)  # float32 log
+    assert m2["ratio_max"] > c
+    assert m2["ratio_trunc_frac"] == pytest.approx(float((rho[mask] > c).double().mean()))
+    assert m["ratio_trunc_frac"] == 0.0
     z4 = zs.clone().requires_grad_(True)
     lp4 = _logp(z4, tok)
     (-(rho.clamp(max=c) * adv * lp4 * mask).sum() / mask.sum()).backward()
@@ -203,3 +209,44 @@ def test_bad_inputs_raise():
         pg_loss(lp, lp, mask, estimator="ppo")
     with pytest.raises(ValueError, match="unknown divergence"):
         pg_loss(lp, lp, mask, divergence="kl")
+
+
+def test_prefix_weights_are_the_capped_prefix_products_of_the_ratios():
+    """gamma > 0 with sampler log-probs: each term is weighted by R_t = prod_{k<=t} rho_k, capped
+    at ``max_importance_ratio`` (built here by hand from the definition, with an explicit loop
+    for the divergence-to-go)."""
+    zs, zt, tok, mask = _batch(seed=11)
+    lq = _logp(zt, tok)
+    sampler = _logp(zs, tok) + 0.4 * torch.randn(zs.shape[:2], generator=torch.Generator().manual_seed(3),
+                                                 dtype=DT)
+    d, c, gamma = D.get("jsd", beta=0.5), 1.5, 1.0
+    grads = {}
+    for cap in (None, c):
+        z = zs.clone().requires_grad_(True)
+        loss, m = pg_loss(_logp(z, tok), lq, mask, d, "opd+", gamma=gamma, sampler_logp_BT=sampler,
+                          max_importance_ratio=cap, clip_log_u=None)
+        loss.backward()
+        grads[cap] = z.grad
+    z = zs.clone().requires_grad_(True)
+    lp = _logp(z, tok)
+    B, T = mask.shape
+    log_u = (lq - lp.detach()) * mask
+    R = torch.ones(B, T, dtype=DT)
+    for b in range(B):
+        acc = 0.0
+        for t in range(T):
+            if mask[b, t]:
+                acc += float(lp.detach()[b, t] - sampler[b, t])
+            R[b, t] = min(math.exp(acc), c)
+    w = d.advantage(log_u, "opd+") * mask
+    f = -d.advantage(log_u, "opd") * mask
+    A = torch.zeros(B, T, dtype=DT)
+    for b in range(B):
+        for t in range(T):
+            if mask[b, t]:
+                A[b, t] = R[b, t] * w[b, t] - sum(gamma ** (s - t) * R[b, s] * f[b, s]
+                                                  for s in range(t + 1, T) if mask[b, s])
+    (-(A * lp * mask).sum() / mask.sum()).backward()
+    torch.testing.assert_close(grads[c], z.grad, rtol=1e-9, atol=1e-12)
+    assert bool(((R >= c) & mask.bool()).any()), "the cap must bind somewhere for this check"
+    assert not torch.allclose(grads[None], grads[c]), "the cap changed nothing"

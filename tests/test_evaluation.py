@@ -178,7 +178,8 @@ def test_evaluate_records_and_metrics(tok, random_model, problems):
     g = torch.Generator().manual_seed(0)
     res4 = ev.evaluate(random_model, tok, problems, k=4, greedy=False, max_new_tokens=8,
                        generator=g)
-    assert res4.metric == "avg@4" and "normal" in res4.ci_method
+    assert res4.metric == "avg@4" and "design effect" in res4.ci_method
+    assert (res4.ci_low, res4.ci_high) == ev.avg_at_k_interval([r["score"] for r in res4.records], 4)
     assert all(len(r["completions"]) == 4 for r in res4.records)
     with pytest.raises(ValueError, match="greedy"):
         ev.evaluate(random_model, tok, problems, k=2, greedy=True)
@@ -284,3 +285,120 @@ def test_generate_stops_at_any_of_several_eos_ids_and_slices_padded_rows():
         lm.lm_head.weight[19] = 100 * lm.lm_head.weight[:19].abs().max(0).values
     assert (generate(lm, ids, attn, 4, eos_token_id=1, pad_token_id=0) == 19).any()
     assert not (generate(lm, ids, attn, 4, eos_token_id=1, pad_token_id=0, vocab_size=19) == 19).any()
+
+
+# ----------------------------------------------------------------------------- single numbers
+
+
+@pytest.mark.parametrize("text", [
+    "#### 3/4", "#### 10-3", "#### 10 - 3", "#### 2*5", "#### 2 + 3", "#### 7=7", "#### 3/",
+    "\\boxed{10-3}", "\\boxed{2*3}",
+])
+def test_an_answer_that_is_not_a_single_number_is_wrong(text):
+    assert ev.extract_answer(text) is None
+    for target in ("3", "10", "7", "2", "0.75", "6"):
+        assert not ev.grade(text, target)
+
+
+def test_unicode_minus_reads_as_minus():
+    assert ev.extract_answer("#### \u22125") == "-5"
+    assert ev.grade("so the change is #### \u22125", "-5")
+    assert ev.grade("\\boxed{\u221212}", -12)
+    assert ev.to_fraction("\u22123") == -3
+    assert not ev.grade("#### \u22125", "5")
+
+
+def test_plain_and_latex_fractions_in_boxed_still_read_as_fractions():
+    assert ev.extract_answer("\\boxed{3/4}") == "3/4"
+    assert ev.grade("\\boxed{3/4}", "0.75") and not ev.grade("\\boxed{3/4}", "3")
+    assert ev.extract_answer("\\boxed{\\frac{3}{4}}") == "3/4"
+    assert ev.extract_answer("\\boxed{3/0}") is None
+
+
+# ----------------------------------------------------------------------------- avg@k interval
+
+
+def test_avg_at_k_interval_is_honest_when_every_sample_fails_or_succeeds():
+    n, k = 50, 4
+    z2 = ev.Z95 ** 2
+    lo, hi = ev.avg_at_k_interval([0.0] * n, k)
+    # no correlation estimate: deff = k, so Wilson on the n problems, upper z^2 / (n + z^2)
+    assert lo == 0.0 and hi == pytest.approx(z2 / (n + z2), rel=1e-12) and hi > 0.05
+    lo, hi = ev.avg_at_k_interval([1.0] * n, k)
+    assert hi == 1.0 and lo == pytest.approx(n / (n + z2), rel=1e-12)
+    assert ev.mean_interval([0.0] * n) == (0.0, 0.0)  # the interval it replaces
+
+
+def test_avg_at_k_interval_design_effect_by_hand():
+    # Independent samples (scores spread like binomial): deff from k s^2 / (p (1 - p)).
+    scores = [0.25, 0.5, 0.75, 0.5, 0.0, 1.0]
+    k, n = 4, len(scores)
+    p = sum(scores) / n
+    s2 = sum((x - p) ** 2 for x in scores) / (n - 1)
+    deff = min(k, max(1.0, k * s2 / (p * (1 - p))))
+    assert ev.design_effect(scores, k) == pytest.approx(deff)
+    n_eff = n * k / deff
+    lo, hi = ev.avg_at_k_interval(scores, k)
+    for b in (lo, hi):  # Wilson bounds solve (p - b)^2 = z^2 b (1 - b) / n_eff
+        assert (p - b) ** 2 == pytest.approx(ev.Z95 ** 2 * b * (1 - b) / n_eff, abs=1e-12)
+    # perfectly correlated samples (every problem all right or all wrong): deff = k
+    assert ev.design_effect([0.0, 1.0, 1.0, 0.0], 4) == 4.0
+    # identical per-problem fractions: less spread than binomial, deff floors at 1
+    assert ev.design_effect([0.5] * 10, 4) == 1.0
+    assert ev.avg_at_k_interval([0.5] * 10, 4) == ev.wilson_interval(20, 40)
+    # k = 1 is plain Wilson on the problems
+    assert ev.avg_at_k_interval([1.0, 0.0, 1.0], 1) == pytest.approx(ev.wilson_interval(2, 3))
+
+
+def test_avg_at_k_interval_covers_at_the_nominal_rate():
+    # Monte Carlo: problems with difficulty p_i ~ Beta(0.5, 2), k = 4 samples each.
+    rng = random.Random(0)
+    n, k, trials, covered = 40, 4, 400, 0
+    truth = 0.5 / 2.5
+    for _ in range(trials):
+        scores = []
+        for _ in range(n):
+            p_i = rng.betavariate(0.5, 2.0)
+            scores.append(sum(rng.random() < p_i for _ in range(k)) / k)
+        lo, hi = ev.avg_at_k_interval(scores, k)
+        covered += lo <= truth <= hi
+    # 95% nominal; binomial standard error of the coverage over 400 trials is about 0.011
+    assert covered / trials > 0.95 - 4 * math.sqrt(0.95 * 0.05 / trials)
+
+
+# ----------------------------------------------------------------------------- memory, progress
+
+
+def test_prompt_pass_computes_logits_at_the_last_position_only(tok, random_model, problems):
+    enc = _left_padded(tok, problems)
+    calls = []
+    hook = random_model.register_forward_hook(
+        lambda m, args, kwargs, out: calls.append((kwargs.get("logits_to_keep"),
+                                                   tuple(out.logits.shape))),
+        with_kwargs=True)
+    try:
+        ours = ev.generate(random_model, enc["input_ids"], enc["attention_mask"], 6,
+                           tok.eos_token_id, tok.pad_token_id)
+    finally:
+        hook.remove()
+    B, V = enc["input_ids"].shape[0], random_model.config.vocab_size
+    assert calls[0] == (1, (B, 1, V))  # the prompt pass: one position, not T
+    assert all(shape == (B, 1, V) for _, shape in calls)
+    full = random_model(**enc).logits[:, -1].argmax(-1)
+    assert torch.equal(ours[:, 0], full)  # same first token as from the full logits
+    ref = random_model.generate(**enc, max_new_tokens=6, do_sample=False,
+                                pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    assert torch.equal(ours, ref[:, enc["input_ids"].shape[1]:][:, :ours.shape[1]])
+
+
+def test_evaluate_progress_bar_only_when_asked(tok, random_model, problems, capsys):
+    kw = dict(max_new_tokens=4, batch_size=5, prompt_fn=tinyworld.format_prompt)
+    quiet = ev.evaluate(random_model, tok, problems, **kw)  # tests: stderr is no terminal
+    assert capsys.readouterr().err == ""
+    shown = ev.evaluate(random_model, tok, problems, progress=True, **kw)
+    err = capsys.readouterr().err
+    assert "evaluate (pass@1)" in err and f"{len(problems)}/{len(problems)}" in err
+    assert "acc=" in err
+    assert shown.accuracy == quiet.accuracy and shown.records == quiet.records
+    ev.evaluate(random_model, tok, problems, progress=False, **kw)
+    assert capsys.readouterr().err == ""

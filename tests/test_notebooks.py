@@ -65,8 +65,15 @@ def test_notebook_conventions(path: Path):
     nb = jupytext.read(path)
     code = [c for c in nb.cells if c.cell_type == "code"]
     first = code[0].source
-    assert 'os.environ.setdefault("HF_HUB_OFFLINE", "1")' in first, \
-        "first code cell: default HF_HUB_OFFLINE to 1"
+    offline = 'os.environ.setdefault("HF_HUB_OFFLINE", "1")'
+    if path.stem == "06_gpu_math_reasoning":  # its full profile downloads Qwen3 and GSM8K
+        assert offline not in first, "06: only the smoke profile may go offline"
+        third = code[2].source  # after the parameters, before the hub libraries are imported
+        assert re.search(r'^if PROFILE == "smoke":[^\n]*\n\s+' + re.escape(offline), third, re.M)
+        assert third.index(offline) < third.index("from opdplus import")
+        assert not re.search(r"^(import|from) (torch|transformers|datasets)", first, re.M)
+    else:
+        assert offline in first, "first code cell: default HF_HUB_OFFLINE to 1"
     assert re.search(r"^(import opdplus|from opdplus import)", first, re.M), "import opdplus first"
     params = [c for c in code if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1, "exactly one cell tagged `parameters`"

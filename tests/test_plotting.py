@@ -88,6 +88,41 @@ def test_fig_generators_draws_f_with_f_of_one_zero():
     np.testing.assert_allclose(fig.data[1].y, d.f_log(t).numpy())
 
 
+def test_fig_generators_y_axis_is_f_not_a_divergence():
+    """f < 0 for reverse KL at u > 1: the axis must not call f a (non-negative) divergence."""
+    fig = plotting.fig_generators(["reverse_kl"], log_u_range=(-2.0, 2.0), n=41)
+    assert fig.layout.yaxis.title.text == "f(u)"
+    assert min(fig.data[0].y) < -1.9  # f(u) = -log u reaches -2 at log u = 2
+    assert "divergence" not in fig.layout.yaxis.title.text
+
+
+def test_figure_modules_import_on_their_own():
+    """Exact-toy and training-run figures are separate modules; plotting re-exports both."""
+    import ast
+    import subprocess
+    import sys
+
+    from opdplus import plots_runs, plots_toy
+
+    code = ("import sys, opdplus.{mod}; "
+            "print(sorted(m for m in sys.modules if m.startswith('opdplus.')))")
+    loaded = {}
+    for mod in ("plots_toy", "plots_runs"):
+        out = subprocess.run([sys.executable, "-c", code.format(mod=mod)], capture_output=True,
+                             text=True, check=True)
+        loaded[mod] = set(ast.literal_eval(out.stdout))
+    assert "opdplus.plots_runs" not in loaded["plots_toy"]
+    assert "opdplus.plots_toy" not in loaded["plots_runs"]
+    assert "opdplus.plotting" not in loaded["plots_toy"] | loaded["plots_runs"]
+    assert plotting.fig_generators is plots_toy.fig_generators
+    assert plotting.fig_learning_curves is plots_runs.fig_learning_curves
+    assert set(plotting.__all__) == set(plots_toy.__all__) | set(plots_runs.__all__) | {
+        "DIVERGENCE_COLORS", "ESTIMATOR_DASH", "ESTIMATOR_PATTERN", "TEACHER_COLOR",
+        "OTHER_COLORS", "divergence_color", "divergence_label", "estimator_of", "arm_style"}
+    for name in plotting.__all__:
+        assert hasattr(plotting, name), name
+
+
 def test_fig_advantages_shows_both_designs():
     names = ["reverse_kl", "forward_kl", "jsd"]
     fig = plotting.fig_advantages(names)

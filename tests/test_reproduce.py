@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from opdplus import miniature
 from opdplus.report import check_records, format_table, write_results
 
 
@@ -37,6 +38,44 @@ def test_records_missing_required_fields_are_rejected():
                         "accuracy": 0.5}])
 
 
+def test_arm_line_names_arm_seed_accuracy_interval_teacher_kl_and_seconds():
+    rec = _rec("forward_kl", "opd+", 1, 0.29, final_teacher_kl=0.7134)
+    assert miniature.arm_line(rec, 95.4) == (
+        "forward_kl/opd+ s1: accuracy 0.290 [0.240, 0.340], teacher KL 0.713, 95 s")
+    ref = _rec("-", "teacher", 0, 0.9)
+    assert miniature.arm_line(ref, 12.0) == "teacher: accuracy 0.900 [0.850, 0.950], 12 s"
+    no_kl = miniature.arm_line(_rec("jsd", "opd", 0, 0.1), 0.2, reused=True)
+    assert no_kl == ("jsd/opd s0: accuracy 0.100 [0.050, 0.150], teacher KL –, 0 s "
+                     "(finished earlier: reused)")
+
+
+def test_run_all_reports_each_arm_when_watched_and_nothing_when_quiet(tmp_path, capsys):
+    """A two-step arm in-process: a bar over arms x seeds and one line per finished job with
+    progress=True; the same call again (the arm reused) prints nothing with progress=False."""
+    tiny = miniature.Profile("test", steps=2, seeds=(0,), prompts_per_step=2,
+                             samples_per_prompt=2, max_new_tokens=12, eval_every=0,
+                             val_problems=4, test_problems=6, avg_k=0, workers=1,
+                             checkpoint_every=0)
+    arms = [("reverse_kl", "opd+")]
+    recs = miniature.run_all(tiny, tmp_path, arms=arms, progress=True)
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert [r["estimator"] for r in recs] == ["sft-init", "teacher", "opd+"]  # job order
+    arm = recs[2]
+    assert re.search(
+        rf"reverse_kl/opd\+ s0: accuracy {arm['accuracy']:.3f} \[{arm['ci_low']:.3f}, "
+        rf"{arm['ci_high']:.3f}\], teacher KL {arm['final_teacher_kl']:.3g}, \d+ s\n", err), err
+    for ref in recs[:2]:
+        assert f"{ref['estimator']}: accuracy {ref['accuracy']:.3f}" in err, err
+    assert "arms x seeds" in err and "1/1" in err  # the bar, finished
+    assert "reused" not in err
+    again = miniature.run_all(tiny, tmp_path, arms=arms, progress=False)
+    assert capsys.readouterr() == ("", "")
+    assert again[2] == json.loads(json.dumps(arm))  # reused from its record, not retrained
+    miniature.run_all(tiny, tmp_path, arms=arms, progress=True)
+    assert "reverse_kl/opd+ s0: accuracy" in capsys.readouterr().err.split("reused")[0]
+
+
 @pytest.mark.slow
 def test_smoke_reproduction_shows_the_collapse_and_reuses_finished_arms(tmp_path):
     cmd = [sys.executable, "-m", "opdplus", "reproduce", "--profile", "smoke", "--skip-exact",
@@ -47,6 +86,7 @@ def test_smoke_reproduction_shows_the_collapse_and_reuses_finished_arms(tmp_path
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     check_records(summary)
+    summary = [r for r in summary if r["task"] == "tiny_math"]  # the tool arms: test_tool_miniature
     arms = {(r["divergence"], r["estimator"]): r for r in summary}
     assert set(arms) == {("-", "sft-init"), ("-", "teacher")} | {
         (d, e) for d in ("reverse_kl", "forward_kl", "jsd") for e in ("opd", "opd+")}
@@ -67,11 +107,14 @@ def test_smoke_reproduction_shows_the_collapse_and_reuses_finished_arms(tmp_path
     # a learning-curve trace per arm (plotly's JSON writes "/" as \u002f)
     assert re.search(r'"name":\s*"forward_kl(/|\\u002f)opd\+"', report)
     assert "| forward_kl/opd+ |" in out.stdout
+    # quiet under tests (stderr is a pipe and conftest sets OPDPLUS_QUIET): no bar, no lines
+    assert "arms x seeds" not in out.stderr and "forward_kl/opd+ s0:" not in out.stderr
     # A second run reuses every finished arm (nothing retrained) and gives the same table.
     t0 = time.time()
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
-    second = json.loads((tmp_path / "summary.json").read_text())
+    second = [r for r in json.loads((tmp_path / "summary.json").read_text())
+              if r["task"] == "tiny_math"]
     strip = lambda rs: [{k: v for k, v in r.items() if k != "wall_s"} for r in rs]  # noqa: E731
     assert strip(second) == strip(summary)
     assert time.time() - t0 < first_s

@@ -387,3 +387,34 @@ def test_qwen_sized_vocabulary(prompts):
     s = score(big, r, chunk_size=5)
     m = r.completion_mask
     torch.testing.assert_close(s.logp_BT[m], r.sampler_logp[m], atol=2e-5, rtol=0)
+
+
+def test_rollout_module_is_below_sampler_and_scoring():
+    """The dependency runs one way: rollout <- scoring <- sampler (never scoring -> sampler)."""
+    import ast
+    import subprocess
+    import sys
+    import typing
+
+    from opdplus import rollout, sampler, scoring
+
+    code = (
+        "import sys, opdplus.{mod}; "
+        "print(sorted(m for m in sys.modules if m.startswith('opdplus.')))"
+    )
+    loaded = {}
+    for mod in ("rollout", "scoring", "sampler"):
+        out = subprocess.run([sys.executable, "-c", code.format(mod=mod)], capture_output=True,
+                             text=True, check=True)
+        loaded[mod] = set(ast.literal_eval(out.stdout))
+    assert "opdplus.sampler" not in loaded["scoring"], loaded["scoring"]
+    assert loaded["scoring"] >= {"opdplus.rollout", "opdplus.scoring"}
+    assert not {"opdplus.sampler", "opdplus.scoring"} & loaded["rollout"], loaded["rollout"]
+    # one type, re-exported: old imports keep working and name the same objects
+    assert sampler.Rollout is rollout.Rollout
+    assert sampler.position_ids_from_mask is scoring.position_ids_from_mask
+    assert sampler.left_pad is rollout.left_pad
+    assert sampler.completion_mask_from_ids is rollout.completion_mask_from_ids
+    assert sampler.rollout_from_sequences is rollout.rollout_from_sequences
+    # score's annotation resolves to the real type (it was a forward reference to sampler)
+    assert typing.get_type_hints(scoring.score)["rollout"] is rollout.Rollout

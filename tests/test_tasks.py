@@ -135,3 +135,23 @@ def test_gsm_symbolic_rows_are_gsm8k_format():
     for r in rows:
         # reasoning_gym's worked solution ends "#### n" (sometimes "n.0"); ours reads it.
         assert Fraction(target_of(r)) == Fraction(r["final"])
+
+
+@pytest.mark.parametrize("ops", ["-/", "-", "-*", "-*/", "+", "+*", "+/", "+*/"])
+def test_every_accepted_ops_setting_generates_for_every_seed(ops):
+    # Without both + and -, values can reach dead ends (1 with "-/", max_value with "+");
+    # the generator must steer clear of them instead of raising IndexError.
+    cfg = tasks.TaskConfig(ops=ops, max_value=40, max_start=30, max_operand=20, max_factor=4)
+    used = set()
+    for seed in range(400):
+        row = tasks.generate_problem(random.Random(seed), cfg)
+        check_solution(row, cfg)
+        used |= set(re.findall(r"\d([-+*/])\d", row["answer"]))
+    assert used == set(ops)  # every allowed operation still occurs
+
+
+def test_ops_that_cannot_reach_the_step_count_are_rejected_with_the_fix():
+    # only subtraction from at most 3: a 3-step problem would need a start of at least 4
+    with pytest.raises(ValueError, match=r"3-step problem.*raise max_start"):
+        tasks.TaskConfig(ops="-", max_start=3)
+    tasks.TaskConfig(ops="-", max_start=4)  # 4-1-1-1 = 1 is fine

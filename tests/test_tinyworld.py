@@ -6,6 +6,7 @@ retraining test sets 1 thread (stable on a shared 2-core machine) and restores i
 
 import importlib.util
 import json
+import re
 
 import pytest
 import torch
@@ -184,6 +185,34 @@ def test_missing_files_say_how_to_regenerate(tmp_path):
     for loader in (tw.load_teacher, tw.load_student, tw.load_tokenizer):
         with pytest.raises(FileNotFoundError, match="build_tiny_world.py"):
             loader(tmp_path)
+
+
+def test_sft_shows_a_bar_and_a_line_per_check_when_watched_and_nothing_when_quiet(tok, capsys):
+    """Four steps of a student-sized model, validation every two: with progress=True the bar
+    over the steps and one line per check (step, loss, accuracy, seconds); quiet otherwise."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        val = tasks.load_split("validation")[:3]
+        cfg = tw.SFTConfig(steps=4, batch_size=4, warmup_steps=0, eval_every=2)
+        rows = tasks.load_split("train")[:8]
+        runs = {}
+        for show in (True, False):
+            model = tw.build_model(tw.STUDENT, tok, seed=0)
+            runs[show] = (tw.sft(model, tok, rows, cfg, eval_problems=val, progress=show,
+                                 label="student"), capsys.readouterr())
+    finally:
+        torch.set_num_threads(threads)
+    run, (out, err) = runs[True]
+    assert out == ""
+    for step in (2, 4):
+        acc = next(r["val_accuracy"] for r in run.history if r["step"] == step)
+        assert re.search(rf"student step {step}/4: loss \d+\.\d{{3}}, val accuracy "
+                         rf"{acc:.3f}, \d+ s\n", err), err
+    assert "4/4" in err  # the bar, finished
+    quiet_run, (out, err) = runs[False]
+    assert (out, err) == ("", "")
+    assert [r["loss"] for r in quiet_run.history] == [r["loss"] for r in run.history]  # same run
 
 
 # ----------------------------------------------------------------------------- learning

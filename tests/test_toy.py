@@ -172,3 +172,60 @@ def test_leave_one_out_reduces_variance_without_bias(seq_toy):
     var_plain = float(plain.var(0).sum())
     var_loo = float(loo.var(0).sum())
     assert var_loo < 0.8 * var_plain
+
+
+# ----------------------------------------------------------------------------- temperature
+
+
+def _tempered_expectation_row_by_row(tt, d, temperature, gamma, **kw):
+    """sum_y p_T(y) grad pg_loss(y): one pg_loss call per sequence, as sampled in training."""
+    from opdplus.estimators import pg_loss
+
+    z = tt.student_logits.detach().clone().requires_grad_(True)
+    seqs = tt.sequences
+    lp = tt.token_logps(seqs, z)
+    lq = tt.token_logps(seqs, tt.teacher_logits)
+    ls = tt.token_logps(seqs, tt.student_logits / temperature)  # the sampler's log-probs
+    total = 0.0
+    for i in range(seqs.shape[0]):
+        loss, _ = pg_loss(lp[i:i + 1], lq[i:i + 1], torch.ones(1, tt.horizon, dtype=torch.bool),
+                          d, "opd+", sampler_logp_BT=ls[i:i + 1], gamma=gamma,
+                          clip_log_u=None, num_tokens=1, **kw)
+        total = total + ls[i].sum().exp() * loss
+    (g,) = torch.autograd.grad(total, z)
+    return g
+
+
+@pytest.mark.parametrize("name", ["reverse_kl", "forward_kl"])
+@pytest.mark.parametrize("temperature", [0.7, 1.3])
+def test_tempered_rollouts_with_gamma_one_give_the_exact_sequence_gradient(seq_toy, name,
+                                                                           temperature):
+    # Rollouts from softmax(z / T): the per-token ratio corrects each action, and the
+    # prefix-product ratios correct the tempered distribution of the visited states.
+    exact = seq_toy.true_gradient(name)
+    by_rows = _tempered_expectation_row_by_row(seq_toy, name, temperature, 1.0)
+    assert toy.gradient_agreement(by_rows, exact)["rel_error"] < 1e-9
+    est = seq_toy.expected_gradient(name, "opd+", gamma=1.0, temperature=temperature)
+    assert toy.gradient_agreement(est, exact)["rel_error"] < 1e-9
+    # per-token ratios alone leave the state distribution tempered: biased
+    per_token = seq_toy.expected_gradient(name, "opd+", gamma=1.0, temperature=temperature,
+                                          prefix_weights=False)
+    by_rows_pt = _tempered_expectation_row_by_row(seq_toy, name, temperature, 1.0,
+                                                  prefix_weights=False)
+    assert toy.gradient_agreement(per_token, by_rows_pt)["rel_error"] < 1e-9
+    assert toy.gradient_agreement(per_token, exact)["rel_error"] > 0.01
+
+
+def test_tempered_gamma_zero_keeps_per_token_ratios(seq_toy):
+    # gamma = 0 targets the divergence at the visited states: unchanged, per-token rho only.
+    got = seq_toy.expected_gradient("jsd", "opd+", gamma=0.0, temperature=0.7)
+    by_rows = _tempered_expectation_row_by_row(seq_toy, "jsd", 0.7, 0.0)
+    assert toy.gradient_agreement(got, by_rows)["rel_error"] < 1e-9
+    on_policy = seq_toy.expected_gradient("jsd", "opd+", gamma=0.0)
+    assert toy.gradient_agreement(got, on_policy)["rel_error"] > 0.01
+
+
+def test_monte_carlo_tempered_gamma_one_agrees_within_four_standard_errors(seq_toy):
+    zs, _ = _mc_check(seq_toy, "forward_kl", "opd+", 1.0, batches=200, temperature=1.3)
+    for z, se in zs:
+        assert abs(z) < 4.0, f"{z:.2f} standard errors off"
