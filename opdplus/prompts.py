@@ -49,36 +49,6 @@ class EncodedPrompts:
         return len(self.prompt_ids)
 
 
-def load_prompts_jsonl(path: Union[str, Path], field: str = "prompt") -> List[dict]:
-    """Rows of a JSONL file, each an object with a non-empty string ``field``.
-
-    A malformed row raises ``ValueError`` naming the file and the 1-based line.
-    Blank lines are skipped.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"prompts file {path} does not exist")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get(field), str):
-                raise ValueError(
-                    f"{path}:{line_no}: expected a JSON object with a string {field!r} field"
-                )
-            if not row[field].strip():
-                raise ValueError(f"{path}:{line_no}: the {field!r} field is empty")
-            rows.append(row)
-    if not rows:
-        raise ValueError(f"{path}: no prompts found")
-    return rows
-
-
 PROMPT_COLUMNS = ("prompt", "question", "messages")
 """Columns tried, in this order, when ``load_prompts`` is not told which one holds the prompt."""
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}

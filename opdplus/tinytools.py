@@ -46,6 +46,7 @@ from transformers import PreTrainedTokenizerFast
 from transformers.utils import get_json_schema
 
 from . import toolcalls
+from .tasks import dumps_jsonl
 
 DEFAULT_SEED = 2027
 SPLIT_SIZES = {"test": 300, "validation": 200, "train": 2000}
@@ -283,8 +284,7 @@ def write_splits(out_dir, seed: int = DEFAULT_SEED, config: TaskConfig = TaskCon
     paths = {}
     for split, rows in splits.items():
         paths[split] = out_dir / f"{split}.jsonl"
-        paths[split].write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
-                                encoding="utf-8")
+        paths[split].write_text(dumps_jsonl(rows), encoding="utf-8")
     (out_dir / "tools.json").write_text(json.dumps(tool_schemas(), indent=1) + "\n")
     meta = {"seed": seed, "config": asdict(config), "sizes": {s: len(r) for s, r in
                                                              splits.items()},

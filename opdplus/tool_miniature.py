@@ -31,9 +31,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-ARMS: Tuple[Tuple[str, str], ...] = tuple(
-    (d, e) for d in ("reverse_kl", "forward_kl", "jsd") for e in ("opd", "opd+")
-)
+from .miniature import ARMS  # the same six arms as the math world
+
 TASK = "tiny_tools"
 SUBDIR = "tools"
 """Where the arms' runs go under the reproduction's output folder."""
