@@ -16,6 +16,22 @@
 # %% [markdown]
 # # 06 · The full recipe: math reasoning on a GPU
 #
+# **Learning goals.** After this notebook you can
+#
+# - set up a teacher/student pair from one model family and make the tokenizer pre-flight
+#   pass (or know why it cannot);
+# - budget the memory of a training step from two model configs before renting a GPU,
+#   and redo that budget for another pair;
+# - run OPD vs OPD+ with a sequence-KD warm start, in a notebook and from the command line
+#   with Accelerate, and read the collapse signals from the History.
+#
+# **Prerequisites.** Notebooks 02 and 04 (the OPD and OPD+ advantages; a run and its
+# collapse signals), 05 (where memory goes at a large vocabulary). Terms such as
+# *sequence KD*, *avg@k* and *Wilson interval* are in the [glossary](../docs/glossary.md);
+# the [cheat sheet](../docs/cheatsheet.md) gives each divergence's OPD behaviour.
+#
+# **Runtime:** printed by the first code cell.
+#
 # The paper's setting, at the size of a single-GPU public reproduction: an **instruct
 # teacher** and a **smaller base student from the same family** (one tokenizer), on
 # **GSM8K**, in **bf16**, with **Hugging Face Accelerate**:
@@ -52,6 +68,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import opdplus
+from opdplus.classroom import runtime_note
+
+runtime_note("06_gpu_math_reasoning")
 
 # %% tags=["parameters"]
 PROFILE = os.environ.get("OPDPLUS_PROFILE", "smoke")
@@ -69,6 +88,8 @@ from IPython.display import display
 from opdplus import cli, plotting, tasks, widgets
 from opdplus.checkpoint import latest_checkpoint
 from opdplus.evaluation import chat_prompt, evaluate, load_gsm8k
+from opdplus.exercises import check
+from opdplus.memory_budget import step_memory_estimate
 from opdplus.models import get_device, load_causal_lm, load_tokenizer, param_count, seed_everything
 from opdplus.sampler import TokenizerMismatchError, preflight
 from opdplus.trainer import TrainConfig, train
@@ -188,28 +209,11 @@ print(prompt_fn(test[0]["question"]))
 # gradient (the float32 log-softmax works in chunks, so it adds little); and the
 # student's activations kept for the backward pass (about 34 bytes per token, per unit
 # of width, per layer in 16-bit, Korthikanti et al. 2022).
+#
+# The terms are computed by `opdplus.memory_budget.step_memory_estimate` (read its
+# source: five lines of arithmetic, one per term).
 
 # %%
-def step_memory_estimate(t_cfg, s_cfg, n_teacher, n_student, recipe, prompt_tokens,
-                         teacher_bytes=2, act_bytes=2):
-    """Estimated peak memory of one training step, GiB per term (an estimate)."""
-    rows = recipe["micro_batch_prompts"] * recipe["samples_per_prompt"]
-    seq = prompt_tokens + recipe["max_new_tokens"]
-    n_completion = rows * recipe["max_new_tokens"]
-    head_dim = getattr(s_cfg, "head_dim", None) or s_cfg.hidden_size // s_cfg.num_attention_heads
-    kv_per_token = s_cfg.num_hidden_layers * 2 * s_cfg.num_key_value_heads * head_dim * act_bytes
-    terms = {
-        "teacher weights": teacher_bytes * n_teacher,
-        "student weights + grads + AdamW (fp32)": 16 * n_student,
-        "KV cache while sampling": kv_per_token * rows * seq,
-        "logits at completion positions (2 models + grad)": 3 * act_bytes * n_completion
-        * s_cfg.vocab_size,
-        "student activations for backward": 17 * act_bytes * rows * seq * s_cfg.hidden_size
-        * s_cfg.num_hidden_layers,
-    }
-    return {k: v / 2**30 for k, v in terms.items()}
-
-
 # The full recipe's numbers, from the two models' config.json (checked against the
 # loaded models when PROFILE == "full").
 QWEN3 = {
@@ -408,7 +412,11 @@ assert parsed["tokenizer"] == SHARED_TOKENIZER
 # on every visible GPU.
 
 # %%
-env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}  # offline in smoke
+# The child's progress bars would come back as raw text (and look like errors in
+# JupyterLab): opdplus's are off under OPDPLUS_QUIET, transformers' and the hub's under
+# HF_HUB_DISABLE_PROGRESS_BARS. Offline in smoke (HF_HUB_OFFLINE is inherited).
+env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+       "OPDPLUS_QUIET": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 launcher = [sys.executable, "-m", "accelerate.commands.launch"] + launch[2:]
 if PROFILE == "full":  # needs GPUs
     if LAUNCH_MULTI_GPU:
@@ -421,8 +429,10 @@ else:
     proc = subprocess.run(launcher + ["--steps", "3", "--eval-samples", "1", "--no-progress",
                                       "--device", "cpu"],
                           env=env, capture_output=True, text=True, timeout=240)
-    print(proc.stderr[-600:])
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "\r" not in proc.stderr and "it/s]" not in proc.stderr, "a progress bar got through"
+    if proc.stderr.strip():  # warnings, if any, in full (no bars left to cut)
+        print("the CLI's stderr:\n" + proc.stderr.strip()[-1500:])
     cli_history = json.loads((RECIPE["out"] / "cli" / "forward_kl_opdplus" / "history.json")
                              .read_text())
     assert [r["step"] for r in cli_history] == [0, 1, 2]  # two warm-start steps, one on-policy
@@ -434,7 +444,186 @@ if PROFILE == "smoke":  # the scratch directory: models, configs, histories of t
     shutil.rmtree(RECIPE["out"], ignore_errors=True)
 
 # %% [markdown]
-# **Where to go from here.** Add `("jsd", "opd")`, `("jsd", "opd+")` and the reverse-KL
-# arms to `ARMS` for the paper's full comparison (JSD collapses under OPD through
-# drifting length and teacher KL rather than gradient norm); try `gamma=1.0` (the
-# divergence-to-go of notebook 03) or `baseline="loo"`.
+# ## 8. Exercises
+#
+# ### Exercise 06.1: the memory budget of another pair
+#
+# A larger pair from the same family: **Qwen3-8B** teaching **Qwen3-1.7B**, with the full
+# recipe's batch (micro-batches of 4 prompts x 4 samples, 512 new tokens, prompts of up to
+# 200 tokens), the teacher in bf16 and 16-bit activations. Their `config.json` numbers are
+# below. Compute the five terms of section 3 **by hand** (no call to the library), in
+# GiB, as a dict with the same keys as `full_estimate`. The check compares each term with
+# `opdplus.memory_budget.step_memory_estimate`. Then answer for yourself: does one step fit
+# an 80 GB GPU, and which term would you attack first if it did not?
+
+# %%
+QWEN3_8B_TO_1_7B = {  # from the models' config.json; parameter counts from their model cards
+    "teacher": SimpleNamespace(num_hidden_layers=36, hidden_size=4096, num_attention_heads=32,
+                               num_key_value_heads=8, head_dim=128, vocab_size=151936,
+                               params=8.19e9),
+    "student": SimpleNamespace(num_hidden_layers=28, hidden_size=2048, num_attention_heads=16,
+                               num_key_value_heads=8, head_dim=128, vocab_size=151936,
+                               params=1.72e9),
+}
+
+
+def my_budget_gib(pair, prompt_tokens=200, micro_batch_prompts=4, samples_per_prompt=4,
+                  max_new_tokens=512):
+    """The five terms of section 3 for `pair`, in GiB, keyed like `full_estimate`."""
+    ### BEGIN SOLUTION
+    t, s = pair["teacher"], pair["student"]
+    rows = micro_batch_prompts * samples_per_prompt
+    seq = prompt_tokens + max_new_tokens
+    gib = 2**30
+    return {
+        "teacher weights": 2 * t.params / gib,
+        "student weights + grads + AdamW (fp32)": 16 * s.params / gib,
+        "KV cache while sampling": s.num_hidden_layers * 2 * s.num_key_value_heads * s.head_dim
+        * 2 * rows * seq / gib,
+        "logits at completion positions (2 models + grad)": 3 * 2 * rows * max_new_tokens
+        * s.vocab_size / gib,
+        "student activations for backward": 17 * 2 * rows * seq * s.hidden_size
+        * s.num_hidden_layers / gib,
+    }
+    ### END SOLUTION
+
+
+# %%
+def test_06_1():
+    pair = QWEN3_8B_TO_1_7B
+    mine = my_budget_gib(pair)
+    library = step_memory_estimate(pair["teacher"], pair["student"], pair["teacher"].params,
+                                   pair["student"].params, RECIPES["full"], prompt_tokens=200)
+    assert set(mine) == set(library), f"use the keys of full_estimate: {sorted(library)}"
+    for k in library:
+        assert abs(mine[k] - library[k]) <= 1e-9 * max(1.0, library[k]), \
+            f"{k}: yours {mine[k]:.4f} GiB, the library's {library[k]:.4f} GiB"
+
+
+check("06.1", test_06_1, hint="bytes per value: 2 for bf16 weights and 16-bit activations, 16 "
+      "per student parameter for fp32 weights + grads + two AdamW moments; rows = prompts x "
+      "samples, seq = prompt + new tokens; the KV cache stores K and V per layer per kv head; "
+      "divide bytes by 2**30.")
+
+# %% [markdown]
+# ### Exercise 06.2: read the collapse signals from a History
+#
+# A History is a list of per-step dicts. The warm-start steps are supervised, so their
+# `teacher_kl` is `None`. Write a function that returns, over the **on-policy steps
+# only**, the mean teacher KL of the first four and of the last four steps and the
+# largest gradient norm. The check compares it with section 5's `summary` for both arms.
+
+# %%
+def my_collapse_signals(history):
+    """{"kl_start", "kl_end", "max_grad_norm"} over the steps whose teacher_kl is not None."""
+    ### BEGIN SOLUTION
+    on = [r for r in history if r.get("teacher_kl") is not None]
+    kl = [r["teacher_kl"] for r in on]
+    return {"kl_start": sum(kl[:4]) / 4, "kl_end": sum(kl[-4:]) / 4,
+            "max_grad_norm": max(r["grad_norm"] for r in on if r.get("grad_norm") is not None)}
+    ### END SOLUTION
+
+
+# %%
+def test_06_2():
+    for arm, h in histories.items():
+        mine = my_collapse_signals(h)
+        for key in ("kl_start", "kl_end", "max_grad_norm"):
+            assert abs(mine[key] - summary[arm][key]) < 1e-12, \
+                f"{arm} {key}: yours {mine[key]}, section 5's {summary[arm][key]}"
+
+
+check("06.2", test_06_2, hint="keep the records whose 'teacher_kl' is not None (the on-policy "
+      "steps), then average the first four and the last four values.")
+
+# %% [markdown]
+# ### Exercise 06.3: how many GPUs can run this recipe?
+#
+# `accelerate launch --num_processes n` splits a step's micro-batches over `n` processes;
+# the trainer refuses a split that is not even (before any compute). For a `TrainConfig`,
+# return the process counts from 1 to `max_gpus` that it accepts. The check compares your
+# list with what `TrainConfig.micro_batches(n)` accepts, for the full recipe and two
+# variants.
+
+# %%
+def my_gpu_counts(cfg, max_gpus=8):
+    """The numbers of processes n in 1..max_gpus over which cfg's step splits evenly."""
+    ### BEGIN SOLUTION
+    m = cfg.micro_batch_prompts
+    if m is None:
+        return [n for n in range(1, max_gpus + 1) if cfg.prompts_per_step % n == 0]
+    shards = cfg.prompts_per_step // m
+    return [n for n in range(1, max_gpus + 1) if shards % n == 0]
+    ### END SOLUTION
+
+
+# %%
+def accepted(cfg, max_gpus=8):
+    ok = []
+    for n in range(1, max_gpus + 1):
+        try:
+            cfg.micro_batches(n)
+            ok.append(n)
+        except ValueError:
+            pass
+    return ok
+
+
+def test_06_3():
+    full = TrainConfig(prompts_per_step=16, micro_batch_prompts=4, samples_per_prompt=4)
+    for cfg in (full, TrainConfig(prompts_per_step=24, micro_batch_prompts=2),
+                TrainConfig(prompts_per_step=12, micro_batch_prompts=None)):
+        assert my_gpu_counts(cfg) == accepted(cfg), \
+            (f"prompts_per_step={cfg.prompts_per_step}, micro_batch_prompts="
+             f"{cfg.micro_batch_prompts}: yours {my_gpu_counts(cfg)}, the trainer accepts "
+             f"{accepted(cfg)}")
+
+
+check("06.3", test_06_3, hint="count the micro-batches of a step (prompts_per_step / "
+      "micro_batch_prompts); each process must get the same number of them. With "
+      "micro_batch_prompts=None each process takes one micro-batch of its own share.")
+
+# %% [markdown]
+# ## What to try next
+#
+# - Add `("jsd", "opd")`, `("jsd", "opd+")` and the reverse-KL arms to `ARMS` for the
+#   paper's full comparison (JSD collapses under OPD through drifting length and teacher
+#   KL rather than gradient norm).
+# - Try `gamma=1.0` (the divergence-to-go of notebook 03) or `baseline="loo"` in
+#   `config_for`.
+# - Set `warm_steps` to 0 in the smoke recipe: does OPD+ still beat OPD without the
+#   sequence-KD warm start?
+# - Redo exercise 06.1 with `micro_batch_prompts=1` and with 1,024 new tokens: which term
+#   grows, and which does not move?
+#
+# ## Quiz
+#
+# **Q1.** The student keeps float32 master weights although it computes in bf16. Why?
+#
+# ### BEGIN SOLUTION
+# bf16 has an 8-bit mantissa: an AdamW update of lr 1e-5 times a weight near 1 is below
+# half a unit in the last place, so it would round away and the weights would not move.
+# The float32 copy accumulates the small updates; bf16 is used only for the arithmetic.
+# ### END SOLUTION
+#
+# **Q2.** In the memory budget, which terms grow with the batch (rows) and the sequence
+# length, and which do not?
+#
+# ### BEGIN SOLUTION
+# The KV cache, the logits and the activations grow with rows x length (the logits with
+# rows x new tokens x vocabulary); the teacher's weights and the student's weights,
+# gradients and AdamW moments do not. Smaller micro-batches (more gradient accumulation)
+# shrink the first group only.
+# ### END SOLUTION
+#
+# **Q3.** The warm-start steps have no teacher KL in the History. Why, and why does that
+# matter when you read the collapse signals?
+#
+# ### BEGIN SOLUTION
+# The warm start is supervised sequence-level KD on teacher samples: there is no student
+# rollout to score, so no on-policy teacher KL. The collapse signals must be read over the
+# on-policy steps only, or the warm start's numbers would be mixed into "start" and "max".
+# ### END SOLUTION
+#
+# **Next:** notebook 07 takes on-policy distillation to tool use: multi-turn rollouts,
+# a loss mask with holes, and BFCL-style grading.

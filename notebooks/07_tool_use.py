@@ -16,6 +16,21 @@
 # %% [markdown]
 # # 07 · Tool use: a multi-turn rollout, its loss mask, OPD vs OPD+, and BFCL-style grading
 #
+# **Learning goals.** After this notebook you can
+#
+# - follow a multi-turn tool-use rollout token by token and say which tokens carry the
+#   loss (the student's) and which do not (the tool's);
+# - show that the loss cannot see the tool's tokens;
+# - read OPD vs OPD+ on tool use from the training curves and the final table;
+# - grade a function call the BFCL way, by hand and with `toolcalls.grade_call`.
+#
+# **Prerequisites.** Notebooks 02 and 04 (the OPD and OPD+ advantages, a training run and
+# its collapse signals); JSON. Terms such as *loss mask*, *tool turn*, *BFCL* and *Wilson
+# interval* are in the [glossary](../docs/glossary.md); the
+# [cheat sheet](../docs/cheatsheet.md) gives each divergence's OPD behaviour.
+#
+# **Runtime:** printed by the first code cell.
+#
 # The paper's second domain is tool use. Here a student does not only write text: it writes
 # a **tool call** (`<tool_call>{"name": ..., "arguments": {...}}</tool_call>`), the
 # environment runs the tool and inserts its **result** as a tool turn, and the student
@@ -26,6 +41,7 @@
 # 2. OPD vs OPD+ on tool use: training curves of the six arms.
 # 3. Grading function calls the BFCL way, on real records of the Berkeley Function
 #    Calling Leaderboard.
+# 4. Two exercises (read a loss mask, grade a call by hand), what to try next, a quiz.
 
 # %%
 import opdplus  # noqa: F401
@@ -41,13 +57,16 @@ from opdplus import divergences as D
 from opdplus import tinytools as tt
 from opdplus import tinytools_train as ttt
 from opdplus import tool_miniature, toolcalls
+from opdplus.classroom import runtime_note
 from opdplus.estimators import pg_loss
+from opdplus.exercises import check
 from opdplus.plots_runs import fig_learning_curves, fig_token_heatmap
 from opdplus.sampler import score
 from opdplus.tooluse import rollout_with_tools, tool_turn_ids
 
 torch.set_num_threads(1)  # steadier than 2 on a shared 2-core machine
 ROOT = Path(opdplus.__file__).resolve().parent.parent
+runtime_note("07_tool_use")
 
 # %% tags=["parameters"]
 PROFILE = os.environ.get("OPDPLUS_PROFILE", "smoke")
@@ -218,3 +237,133 @@ for rec in records:
     assert good.parsed and good.valid and good.correct
     assert wrong.parsed and not wrong.correct
     assert not broken.parsed and not broken.correct
+
+# %% [markdown]
+# ## 4. Exercises
+#
+# ### Exercise 07.1: read the loss mask of a rollout
+#
+# For row `b` of a rollout `r` (an `opdplus.tooluse` rollout, like section 1's), return the
+# number of completion positions the **tool** wrote: positions that both models attend to
+# (attention mask 1) but that carry no loss (completion mask 0). Use only `r`'s masks
+# (`r.attention_mask` covers prompt and completion, `r.completion_mask` the completion
+# positions after `r.prompt_len`). The check compares your count with the token ids of
+# every tool turn of section 1's rollout.
+
+# %%
+def my_tool_token_count(r, b=0):
+    """Completion positions of row b that are attended to but not trained on."""
+    ### BEGIN SOLUTION
+    attended = r.attention_mask[b, r.prompt_len:].bool()
+    return int((attended & ~r.completion_mask[b].bool()).sum())
+    ### END SOLUTION
+
+
+# %%
+def test_07_1():
+    expected = sum(len(tool_turn_ids(tok, [x], tok.eos_token_id)) for x in results)
+    mine = my_tool_token_count(r)
+    assert mine == expected, (f"you counted {mine} tool positions; the {len(results)} tool "
+                              f"turn(s) of this rollout have {expected} tokens")
+    assert int(r.completion_mask[0].sum()) + mine == int(live.sum()), \
+        "student tokens + tool tokens should be all live completion positions"
+
+
+check("07.1", test_07_1, hint="slice the attention mask from r.prompt_len on, so it lines up "
+      "with r.completion_mask; a tool token is attended (1) and not in the loss (0).")
+
+# %% [markdown]
+# ### Exercise 07.2: grade a call by hand, the BFCL way
+#
+# BFCL's possible answer for one call is `{function_name: {argument: [allowed values]}}`.
+# A call matches when its name is the function's; every argument it passes is one of the
+# answer's arguments, with a value in that argument's list; and every argument it leaves
+# out has `""` in its list ("may be omitted"). Write that rule (exact equality of values
+# is enough here). The check compares your verdict with `toolcalls.match_call` on calls
+# built from the three BFCL records of section 3: the answer itself, a wrong value, an
+# unknown argument, an argument left out, and a wrong function name.
+
+# %%
+def my_matches(name, arguments, answer):
+    """True when the call `name(**arguments)` matches BFCL's possible answer `answer`."""
+    ### BEGIN SOLUTION
+    ((expected, allowed_by_arg),) = answer.items()
+    if name != expected:
+        return False
+    for arg, value in arguments.items():
+        if arg not in allowed_by_arg:
+            return False
+        if not any(value == a for a in allowed_by_arg[arg] if a != ""):
+            return False
+    return all(arg in arguments or "" in allowed for arg, allowed in allowed_by_arg.items())
+    ### END SOLUTION
+
+
+# %%
+def grading_cases(rec):
+    """(description, name, arguments) calls around the record's possible answer."""
+    (name, allowed), = rec["ground_truth"][0].items()
+    right = {k: v[0] for k, v in allowed.items() if v[0] != ""}
+    first = next(iter(allowed))
+    cases = [("the answer", name, right), ("a wrong value", name, {**right, first: "wrong"}),
+             ("an unknown argument", name, {**right, "colour": "blue"}),
+             ("a wrong function name", name + "_v2", right)]
+    for arg in allowed:  # leave each argument out in turn: allowed only where "" is listed
+        cases.append((f"without {arg!r}", name, {k: v for k, v in right.items() if k != arg}))
+    return cases
+
+
+def test_07_2():
+    for rec in records:
+        schema = rec["function"][0]
+        for what, name, args in grading_cases(rec):
+            library = toolcalls.match_call(name, args, schema, rec["ground_truth"][0]) is None
+            mine = my_matches(name, args, rec["ground_truth"][0])
+            assert mine == library, (f"{rec['id']}, {what}: you say "
+                                     f"{'match' if mine else 'no match'}, BFCL's rule says "
+                                     f"{'match' if library else 'no match'}")
+
+
+check("07.2", test_07_2, hint="three tests in order: the name; each passed argument is known "
+      "and its value is in the list (skip the \"\" entry when comparing); each missing "
+      "argument has \"\" in its list.")
+
+# %% [markdown]
+# ## What to try next
+#
+# - Sample the rollout of section 1 at temperature 1 with a few seeds: how often does the
+#   student call a tool, and does the heatmap's pattern of holes change?
+# - In section 1's loss check, perturb the **student's** positions instead of the tool's:
+#   the loss must change. Which estimator's loss changes more, OPD's or OPD+'s?
+# - Run the `full` profile (it trains the forward-KL pair live) and compare its curves
+#   with the shipped reference.
+# - Grade the SmolLM2 answers of `data/reference/bfcl_smollm2.json` with your
+#   `my_matches`: why does it score 0?
+#
+# ## Quiz
+#
+# **Q1.** Why do the tool's tokens have completion mask 0, although both models attend to
+# them?
+#
+# ### BEGIN SOLUTION
+# The student did not choose them: the environment wrote them. The loss is a policy
+# gradient over the student's own choices, so only its tokens carry log-probabilities to
+# push. The tool's tokens are context, like the prompt.
+# ### END SOLUTION
+#
+# **Q2.** In the table, forward-KL OPD's call validity falls far below the SFT student's,
+# while OPD+'s does not. Which logged signals show it during training, before any grading?
+#
+# ### BEGIN SOLUTION
+# The teacher KL rises instead of falling, and the gradient norm explodes (far above the
+# other arms); call validity itself is also logged per step. These are the collapse
+# signals of the tiny math world, on a different task.
+# ### END SOLUTION
+#
+# **Q3.** In BFCL's possible answer, what does an empty string `""` in an argument's list
+# of allowed values mean?
+#
+# ### BEGIN SOLUTION
+# That the argument may be left out of the call (an optional argument whose default is
+# acceptable). It is not a value the call may pass.
+# ### END SOLUTION

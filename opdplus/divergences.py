@@ -30,11 +30,11 @@ and ``log q``, so a token that the student gives ~0 probability contributes a
 finite number even when ``u`` itself would overflow: the chi^2 forms are
 exponentiated from log space (``(q - p)^2 / p`` at log p = -90 is finite in float32),
 and the alpha-divergence uses ``p expm1(a log u)`` so that it keeps its precision
-for alpha within 1e-4 of 0 or 1. It runs in float32 chunks of positions, and under
-autograd each chunk is recomputed in the backward pass (as in activation
-checkpointing), so memory beyond the logits stays at one chunk of ``(chunk, V)`` even
-at V = 150k. That backward is once-differentiable: a double backward raises a clear
-error. Only masked-in positions are computed and checked for NaN/inf; padding and
+for alpha within 1e-4 of 0 or 1. It runs in float32 chunks of positions; under
+autograd each chunk's gradient is taken in the same pass as its value (one forward and
+one backward per chunk, no recomputation), so memory beyond the logits is their
+per-row gradient plus one chunk of ``(chunk, V)`` even at V = 150k. That gradient is
+once-differentiable: a double backward raises a clear error. Only masked-in positions are computed and checked for NaN/inf; padding and
 prompt positions may hold anything.
 """
 
@@ -46,10 +46,19 @@ from typing import Callable, ClassVar, Dict, Optional
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 ESTIMATORS = ("opd", "opd+")
-CHUNK_ELEMENTS = 1 << 22  # positions x vocab per chunk in full_vocab (16 MiB in float32)
+# Positions x vocab per chunk in full_vocab. On CPU a 4 MiB float32 block stays in cache,
+# which was about twice as fast as the former 16 MiB blocks at V = 49k
+# (benchmarks/fullvocab_bench.py --chunk). A GPU wants fewer, larger kernels: 64 MiB there.
+CHUNK_ELEMENTS = 1 << 20
+CHUNK_ELEMENTS_GPU = 1 << 24
+
+
+def default_chunk(vocab: int, device: torch.device) -> int:
+    """Positions per chunk for ``full_vocab`` when none is given (at least 1)."""
+    per = CHUNK_ELEMENTS if torch.device(device).type == "cpu" else CHUNK_ELEMENTS_GPU
+    return max(1, per // vocab)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -192,7 +201,7 @@ class Divergence:
         Returns ``(...)`` in float32 (float64 if the inputs are float64), 0 where the
         mask is off. Differentiable in ``student_logits``; the teacher is detached.
         Only masked-in positions are computed, ``chunk_size`` at a time (default:
-        ``CHUNK_ELEMENTS // V`` positions, i.e. about 16 MiB per float32 intermediate).
+        ``default_chunk(V, device)``: 4 MiB float32 blocks on CPU, 64 MiB on a GPU).
         """
         return _chunked_over_positions(
             lambda zs, zt: self._full_vocab_rows(zs, zt),
@@ -264,7 +273,7 @@ def _chunked_over_positions(
             )
         )
     if chunk_size is None:
-        chunk_size = max(1, CHUNK_ELEMENTS // student_logits.shape[-1])
+        chunk_size = default_chunk(student_logits.shape[-1], student_logits.device)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     lead = student_logits.shape[:-1]
@@ -306,27 +315,52 @@ def _rows_in_chunks(rows_fn, zs: Tensor, zt: Tensor, idx: Tensor, chunk: int, dt
 
 
 class _ChunkedRows(torch.autograd.Function):
-    """Chunked rows with recomputation: the backward pass redoes one chunk at a time.
+    """Chunked rows whose gradient is taken in the same pass as the value.
 
     Autograd through per-chunk slices would allocate a full ``(N, V)`` gradient buffer
-    per chunk; here the backward writes each chunk's gradient (obtained by autograd on
-    the recomputed chunk, so no hand-written derivative) into one preallocated buffer.
-    Memory beyond the logits and their gradient: one chunk of intermediates.
+    per chunk, and recomputing each chunk in the backward pass (activation checkpointing)
+    evaluates the rows three times (a no-grad forward, then forward and backward again).
+    Here the forward runs each chunk once with grad, takes the chunk's gradient by autograd
+    right away (so no hand-written derivative) and writes it into one buffer; the backward
+    only scales that buffer's rows by ``grad_out``. This holds because each row's value
+    depends on its own logits only. Memory beyond the logits: the per-row gradient, its
+    scaled copy and one chunk of intermediates.
     """
 
     @staticmethod
     def forward(ctx, zs, zt, idx, rows_fn, chunk):
-        ctx.save_for_backward(zs, zt, idx)
-        ctx.rows_fn, ctx.chunk = rows_fn, chunk
-        with torch.no_grad():
-            out_dtype = torch.float64 if zs.dtype == torch.float64 else torch.float32
-            return _rows_in_chunks(rows_fn, zs, zt, idx, chunk, out_dtype)
+        out_dtype = torch.float64 if zs.dtype == torch.float64 else torch.float32
+        zs_d = zs.detach()
+        # gradient of each selected row's value w.r.t. that row (row-major over idx)
+        grad_rows = torch.empty((idx.numel(), zs.shape[-1]), dtype=zs.dtype, device=zs.device)
+        parts = []
+        for i in range(0, idx.numel(), chunk):
+            rows = idx[i:i + chunk]
+            b = zt.index_select(0, rows)
+            a = zs_d.index_select(0, rows)
+            check_finite("student logits", a)
+            check_finite("teacher logits", b)
+            a.requires_grad_(True)
+            with torch.enable_grad():
+                val = rows_fn(a, b)
+                (g,) = torch.autograd.grad(val.sum(), a)
+            grad_rows[i:i + chunk] = g
+            parts.append(val.detach())
+        ctx.save_for_backward(zs, idx, grad_rows)
+        ctx.n_rows = zs.shape[0]
+        return torch.cat(parts).to(out_dtype) if parts else zs.new_zeros(0, dtype=out_dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
-        zs, zt, idx = ctx.saved_tensors
+        zs, idx, grad_rows = ctx.saved_tensors
         create_graph = torch.is_grad_enabled()  # backward(create_graph=True)
-        grad = _ChunkedRows._first_order(ctx, zs.detach(), zt, idx, grad_out.detach())
+        go = grad_out.detach().to(grad_rows.dtype)[:, None]
+        every = torch.arange(ctx.n_rows, device=idx.device)
+        if idx.numel() == ctx.n_rows and bool((idx == every).all()):
+            grad = grad_rows * go  # every row selected, in order: no scatter
+        else:
+            grad = grad_rows.new_zeros((ctx.n_rows, grad_rows.shape[1]))
+            grad.index_copy_(0, idx, grad_rows * go)
         if create_graph and (zs.requires_grad or grad_out.requires_grad):
             # The gradient above is a plain number, not a graph: attach a node that raises
             # on a second differentiation, so that double backward fails with a clear error
@@ -334,23 +368,10 @@ class _ChunkedRows(torch.autograd.Function):
             grad = _NoDoubleBackward.apply(grad, zs, grad_out)
         return grad, None, None, None, None
 
-    @staticmethod
-    @once_differentiable
-    def _first_order(ctx, zs, zt, idx, grad_out):
-        grad = torch.zeros_like(zs)
-        for i in range(0, idx.numel(), ctx.chunk):
-            rows = idx[i:i + ctx.chunk]
-            with torch.enable_grad():
-                a = zs.index_select(0, rows).detach().requires_grad_(True)
-                val = ctx.rows_fn(a, zt.index_select(0, rows))
-                (g,) = torch.autograd.grad(val, a, grad_out[i:i + ctx.chunk].to(val.dtype))
-            grad.index_copy_(0, rows, g.to(grad.dtype))
-        return grad
-
 
 class _NoDoubleBackward(torch.autograd.Function):
     """Identity on a first-order gradient whose own backward raises: full_vocab is
-    once_differentiable (its chunked backward recomputes each chunk and has no graph)."""
+    once_differentiable (its gradient is computed chunk by chunk and has no graph)."""
 
     @staticmethod
     def forward(ctx, grad, zs, grad_out):

@@ -264,7 +264,7 @@ def logit_distillation_loss(
 
     Exact at each state (no stop-gradient bias), but it ignores the future term and
     needs full teacher logits. Memory: one ``(chunk_size, V)`` float32 block at a time
-    (default chunk: ``divergences.CHUNK_ELEMENTS // V`` positions).
+    (default chunk: ``divergences.default_chunk(V, device)`` positions).
     """
     d = _as_divergence(divergence)
     D_BT = d.full_vocab(student_logits_BTV, teacher_logits_BTV, mask_BT, chunk_size=chunk_size)

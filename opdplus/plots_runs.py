@@ -29,6 +29,7 @@ from .plot_style import (
     arm_style,
     estimator_of,
 )
+from .plots_sequences import ESTIMATOR_SYMBOLS
 
 METRIC_LABELS: Dict[str, str] = {
     "loss": "surrogate loss (nats per token)",
@@ -71,7 +72,9 @@ def fig_learning_curves(
     ``teacher_kl``, ``grad_norm``, ``completion_len``, ``accuracy``). ``metrics``
     defaults to the ``DEFAULT_METRICS`` present in any arm; a step where a metric is
     missing (e.g. accuracy evaluated every k steps) is skipped, not drawn as 0. The
-    arm's key picks its style through ``arm_style`` (``"forward_kl/opd+"`` is red, dotted).
+    arm's key picks its style through ``arm_style`` (``"forward_kl/opd+"`` is red, dotted)
+    and its marker through ``ESTIMATOR_SYMBOLS`` (OPD a cross, OPD+ a disc), so the two
+    estimators of one divergence differ by more than the dash.
     """
     rows = {arm: _history_rows(h) for arm, h in histories.items()}
     present = {k for rs in rows.values() for r in rs for k in r}
@@ -87,13 +90,15 @@ def fig_learning_curves(
     for i, (arm, rs) in enumerate(rows.items()):
         st = arm_style(arm, i)
         name = "/".join(arm) if isinstance(arm, tuple) else str(arm)
+        symbol = ESTIMATOR_SYMBOLS.get(estimator_of(name) or "", "square")
         for j, m in enumerate(metrics):
             pts = [(r.get(x, k), r[m]) for k, r in enumerate(rs) if r.get(m) is not None]
             r_, c_ = divmod(j, ncols)
             fig.add_scatter(
                 x=[p[0] for p in pts], y=[float(p[1]) for p in pts], mode="lines+markers",
                 name=name, legendgroup=name, showlegend=(j == 0),
-                line=dict(color=st["color"], dash=st["dash"]), marker=dict(size=4),
+                line=dict(color=st["color"], dash=st["dash"]),
+                marker=dict(size=7, symbol=symbol),
                 row=r_ + 1, col=c_ + 1,
             )
             fig.update_yaxes(title_text=METRIC_LABELS.get(m, m), row=r_ + 1, col=c_ + 1)

@@ -3,10 +3,12 @@
 Pure builders ``fig_*(...) -> plotly.graph_objects.Figure`` for notebooks 01-03 (and the
 widgets over them): the f-divergence generators and the two advantage designs over log u,
 teacher vs student categorical distributions, the estimators' agreement with the exact
-gradient, the one-state expected-gradient dynamics and Monte Carlo histograms. Nothing
-here calls ``.show()``. Beyond evaluating the library's own closed forms (``f`` and the
-advantages) the builders compute no divergence or gradient: notebooks and ``opdplus.toy``
-do that, so a figure cannot hide a bug in the maths. Style: ``opdplus.plot_style``.
+gradient, the one-state expected-gradient dynamics and Monte Carlo histograms; and,
+re-exported from ``opdplus.plots_explore``, the plotly-native explorers (sliders and
+dropdowns that keep working in a static page). Nothing here calls ``.show()``. Beyond
+evaluating the library's own closed forms (``f`` and the advantages) the builders
+compute no divergence or gradient: notebooks and ``opdplus.toy`` do that, so a figure
+cannot hide a bug in the maths. Style: ``opdplus.plot_style``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,14 @@ from .plot_style import (
     divergence_color,
     divergence_label,
     estimator_of,
+)
+from .plots_explore import (  # the plotly-native explorers (sliders, dropdowns)
+    ESTIMATOR_COLOR,
+    ESTIMATOR_MARKER,
+    _est_marker,
+    fig_divergence_explorer,
+    fig_dynamics_steps,
+    fig_generator_sliders,
 )
 
 # ----------------------------------------------------------------------------- generators
@@ -75,7 +85,7 @@ def fig_advantages(
     n: int = 241,
     y_range: Optional[Tuple[float, float]] = (-5.0, 5.0),
 ) -> go.Figure:
-    """The two advantage designs over log u: OPD's −f(u) (dashed) and OPD+'s w_f(u) (dotted).
+    """The two advantage designs over log u: OPD's −f(u) (dashed, ×) and OPD+'s w_f(u) (dotted, ●).
 
     Two traces per divergence, in its colour. For reverse KL the two curves differ by
     the constant 1, which is why OPD is unbiased there and only there.
@@ -87,12 +97,12 @@ def fig_advantages(
         c, lab = divergence_color(d), divergence_label(d)
         for est, text in (("opd", "−f(u)"), ("opd+", "w_f(u)")):
             fig.add_scatter(
-                x=_np(t), y=_np(d.advantage(t, est)), mode="lines",
+                x=_np(t), y=_np(d.advantage(t, est)), mode="lines+markers",
                 name=f"{lab}: {text} ({est.upper()})", legendgroup=lab,
-                line=dict(color=c, dash=ESTIMATOR_DASH[est]),
+                line=dict(color=c, dash=ESTIMATOR_DASH[est]), marker=_est_marker(est, color=c),
             )
     fig = _finish(
-        fig, "Advantage designs: OPD −f(u) (dashed) vs OPD+ w_f(u) = −f + u f′ (dotted)",
+        fig, "Advantage designs: OPD −f(u) (dashed, ×) vs OPD+ w_f(u) = −f + u f′ (dotted, ●)",
         "log u = log q − log p (nats)", "advantage A(u) (nats)",
     )
     if y_range is not None:
@@ -201,10 +211,11 @@ def fig_dynamics(
         name = "/".join(key) if isinstance(key, tuple) else str(key)
         tv, mp = _np(run["tv"]), _np(run["max_prob"])
         steps = np.arange(len(tv)) * record_every
+        marker = _est_marker(estimator_of(name), color=st["color"])
         for col, y in ((1, tv), (2, mp)):
-            fig.add_scatter(x=steps, y=y, mode="lines", name=name, legendgroup=name,
+            fig.add_scatter(x=steps, y=y, mode="lines+markers", name=name, legendgroup=name,
                             showlegend=(col == 1), line=dict(color=st["color"], dash=st["dash"]),
-                            row=1, col=col)
+                            marker=marker, row=1, col=col)
     if upto is not None:
         for col in (1, 2):
             fig.add_vline(x=upto, line=dict(color="black", width=1), row=1, col=col)
@@ -259,4 +270,7 @@ def fig_mc_histograms(
 __all__ = [
     "fig_generators", "fig_advantages", "fig_categorical", "fig_gradient_agreement",
     "fig_dynamics", "fig_mc_histograms",
+    # plotly-native explorers (opdplus.plots_explore), working in a static page
+    "ESTIMATOR_MARKER", "ESTIMATOR_COLOR", "fig_generator_sliders", "fig_divergence_explorer",
+    "fig_dynamics_steps",
 ]

@@ -3,7 +3,9 @@
 The builders live in two modules, each importable on its own:
 
 - ``opdplus.plots_toy``: the exact-toy figures (generators, advantages, categorical
-  distributions, gradient agreement, one-state dynamics, Monte Carlo histograms);
+  distributions, gradient agreement, one-state dynamics, Monte Carlo histograms) and the
+  plotly-native explorers of ``opdplus.plots_explore`` (sliders and dropdowns that work
+  in a static page);
 - ``opdplus.plots_runs``: the training-run figures (learning curves, accuracy with
   intervals, per-token heatmaps, measured costs);
 
@@ -34,9 +36,14 @@ from .plots_runs import (  # noqa: F401  (re-exported)
     fig_token_heatmap,
 )
 from .plots_toy import (  # noqa: F401  (re-exported)
+    ESTIMATOR_COLOR,
+    ESTIMATOR_MARKER,
     fig_advantages,
     fig_categorical,
+    fig_divergence_explorer,
     fig_dynamics,
+    fig_dynamics_steps,
+    fig_generator_sliders,
     fig_generators,
     fig_gradient_agreement,
     fig_mc_histograms,
@@ -49,4 +56,6 @@ __all__ = [
     "fig_generators", "fig_advantages", "fig_categorical", "fig_gradient_agreement",
     "fig_dynamics", "fig_mc_histograms", "fig_learning_curves", "fig_accuracy",
     "fig_token_heatmap", "fig_measurements",
+    "ESTIMATOR_MARKER", "ESTIMATOR_COLOR", "fig_generator_sliders", "fig_divergence_explorer",
+    "fig_dynamics_steps",
 ]

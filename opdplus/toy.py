@@ -39,14 +39,34 @@ def _div(d: Union[str, Divergence]) -> Divergence:
 def one_state_expected_gradient(
     student_logits_V: Tensor, teacher_logits_V: Tensor, divergence, estimator: str
 ) -> Tensor:
-    """Exact E_{a~p}[ -A(a) grad_z log p(a) ], the expected *descent* direction on the logits.
+    """Exact E_{a~p}[ -A(a) grad_z log p(a) ]: the expected gradient of the estimator's loss.
 
-    This is what the estimator's loss gradient averages to at one state; compare it
-    with ``grad_z D_f`` (autograd of ``full_vocab``).
+    This is what the estimator's loss gradient (with respect to the student's logits)
+    averages to at one state, so compare it with the gradient ``grad_z D_f`` (autograd
+    of ``full_vocab``); a descent step moves *against* it. Computed through the
+    library's ``pg_loss``; ``one_state_expected_gradient_closed_form`` is the same
+    vector in closed form.
     """
     toy = TabularToy(student_logits_V[None], teacher_logits_V[None], vocab=student_logits_V.numel(),
                      horizon=1)
     return toy.expected_gradient(divergence, estimator, gamma=0.0)[0]
+
+
+def one_state_expected_gradient_closed_form(
+    student_logits_V: Tensor, teacher_logits_V: Tensor, divergence, estimator: str
+) -> Tensor:
+    """The same expected loss gradient in closed form: ``-p * (A - E_p[A])``.
+
+    For a softmax student ``grad_z log p(a) = e_a - p``, so
+    ``E_{a~p}[-A(a) (e_a - p)] = -p * (A - sum_a p_a A(a))``. It skips ``pg_loss`` (tested
+    equal to ``one_state_expected_gradient``) and is about a hundred times faster, which
+    matters when a figure runs the dynamics of every divergence.
+    """
+    z = student_logits_V.detach().double()
+    p = torch.softmax(z, -1)
+    log_u = torch.log_softmax(teacher_logits_V.double(), -1) - torch.log_softmax(z, -1)
+    adv = _div(divergence).advantage(log_u, estimator)
+    return -p * (adv - (p * adv).sum())
 
 
 def one_state_true_gradient(student_logits_V: Tensor, teacher_logits_V: Tensor, divergence) -> Tensor:
@@ -64,13 +84,19 @@ def one_state_dynamics(
     lr: float = 0.5,
     student_logits_V: Optional[Tensor] = None,
     record_every: int = 1,
+    closed_form: bool = False,
 ) -> Dict[str, Tensor]:
     """Expected-gradient descent on the student's logits at one state.
 
+    Each step moves the logits against the estimator's expected loss gradient,
+    ``z <- z - lr * E[grad loss]`` (through ``pg_loss``, or with ``closed_form=True``
+    through ``one_state_expected_gradient_closed_form``, the same numbers much faster).
     Returns ``probs`` (recorded steps x V), ``tv`` (total variation to the teacher) and
     ``max_prob`` per recorded step. OPD with forward KL, JSD or Hellinger drives the
     student to one-hot; OPD+ converges to the teacher (method.md §8).
     """
+    grad_fn = (one_state_expected_gradient_closed_form if closed_form
+               else one_state_expected_gradient)
     q = torch.softmax(teacher_logits_V.double(), -1)
     z = (torch.zeros_like(teacher_logits_V, dtype=torch.float64) if student_logits_V is None
          else student_logits_V.detach().double().clone())
@@ -80,7 +106,7 @@ def one_state_dynamics(
             rec.append(torch.softmax(z, -1))
         if step == steps:
             break
-        g = one_state_expected_gradient(z, teacher_logits_V.double(), divergence, estimator)
+        g = grad_fn(z, teacher_logits_V.double(), divergence, estimator)
         z = z - lr * g
     probs = torch.stack(rec)
     return {

@@ -84,6 +84,24 @@ def _eos_ids(tokenizer, *models) -> List[int]:
     return ids
 
 
+def make_adamw(params: List[torch.nn.Parameter], **kw) -> torch.optim.AdamW:
+    """AdamW with torch's fused kernel where it exists for these parameters, else the default.
+
+    On CPU the default implementation loops over the tensors in Python, several times slower
+    than the fused kernel for a 135M-parameter student (``benchmarks/``); the fused kernel
+    computes the same update up to float rounding. Other devices, or a torch without it, fall
+    back to the default.
+    """
+    params = list(params)
+    kinds = {p.device.type for p in params}
+    if params and kinds <= {"cpu", "cuda"} and all(p.is_floating_point() for p in params):
+        try:
+            return torch.optim.AdamW(params, fused=True, **kw)
+        except (RuntimeError, TypeError, ValueError):  # a torch without this fused kernel
+            pass
+    return torch.optim.AdamW(params, **kw)
+
+
 def _make_accelerator(config: TrainConfig, student: torch.nn.Module):
     """An ``Accelerator`` on the student's device type, with ``config.mixed_precision``."""
     from accelerate import Accelerator
@@ -163,7 +181,7 @@ def setup(
     teacher.eval().requires_grad_(False)
     teacher.to(acc.device)
     params = [p for p in student.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
+    optimizer = make_adamw(
         params, lr=config.lr, betas=config.adam_betas, weight_decay=config.weight_decay
     )
     warm = config.warmup_steps

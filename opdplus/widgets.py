@@ -1,5 +1,13 @@
 """A thin ipywidgets layer over the pure figure builders (``plots_toy``, ``plots_runs``).
 
+ipywidgets need a running kernel: in a static page (the site, nbconvert) they are dead.
+So the notebooks use them only where a control must *compute* something (refit a
+student for a new teacher shape, follow a training run); a control that only selects
+among states computable in advance is a plotly-native slider or dropdown instead
+(``plots_toy.fig_generator_sliders``, ``fig_divergence_explorer``, ``fig_dynamics_steps``,
+from ``opdplus.plots_explore``). ``divergence_explorer`` and ``dynamics_explorer`` stay
+for continuous parameters in a live session.
+
 Each explorer is a ``FigureBox``: a row of controls above an ``Output`` area, and
 ``builder(**control_values)`` re-run whenever a control changes. The current
 figure is kept on ``box.figure`` so tests (and readers) can inspect it without a
@@ -68,7 +76,8 @@ def divergence_explorer(beta: float = 0.5, alpha: float = 0.5, kind: str = "adva
     ``kind="generators"`` shows f(u) (``plots_toy.fig_generators``), ``"advantages"``
     shows −f (OPD) and w_f (OPD+) (``plots_toy.fig_advantages``), for reverse KL,
     forward KL, JSD_β and the α-divergence: moving α shows the family sliding between
-    the two KL directions.
+    the two KL directions (up to ``c (u - 1)``: see ``plots_toy.fig_generator_sliders``,
+    the kernel-free version that the notebooks use).
     """
     builders = {"generators": plots_toy.fig_generators, "advantages": plots_toy.fig_advantages}
     if kind not in builders:
@@ -114,6 +123,7 @@ def dynamics_explorer(runs: Mapping[Any, Mapping[str, Any]], teacher_probs: Any,
 
     ``runs[key]["probs"]`` is (recorded steps, V). The slider moves in optimisation
     steps; the figure shows every run's distribution at that step against the teacher.
+    ``plots_toy.fig_dynamics_steps`` is the kernel-free version that notebook 02 uses.
     """
     n = min(len(r["probs"]) for r in runs.values())
 

@@ -55,7 +55,10 @@ def serve(path: str) -> None:
                 code = int(pytest.main(["-p", "no:cacheprovider", *args]))
                 os._exit(code)
             code = _wait(pid, float(os.environ.get("MUTATE_CHILD_TIMEOUT", "600")))
-            conn.sendall(f"{code & 0xFF}\n".encode())
+            try:
+                conn.sendall(f"{code & 0xFF}\n".encode())
+            except OSError:  # the client went away (interrupted run): serve the next one
+                pass
 
 
 def _wait(pid: int, timeout: float) -> int:

@@ -273,6 +273,138 @@ def block_bfcl_smollm2() -> Optional[str]:
 BLOCKS["bfcl-smollm2"] = block_bfcl_smollm2
 
 
+def block_notebook_times() -> Optional[str]:
+    """The notebooks' smoke runtimes, measured by scripts/time_notebooks.py."""
+    t = _json("data/reference/notebook_times.json")
+    if t is None or not t.get("notebooks"):
+        return None
+    rows = ["| notebook | smoke profile, this CPU | code cells | load average when measured |",
+            "|---|---|---|---|"]
+    for stem, e in t["notebooks"].items():
+        rows.append(f"| `{stem}` | {e['smoke_s']:.0f} s | {e['code_cells']} | "
+                    f"{e.get('load_avg_1min', float('nan')):.1f} |")
+    rows += ["", f"Measured {t['measured']} on a {t['machine']} by `scripts/time_notebooks.py` "
+             "(one fresh kernel per notebook, start to last cell); each notebook prints its own "
+             "line from the same file in its first code cell."]
+    return "\n".join(rows)
+
+
+BLOCKS["notebook-times"] = block_notebook_times
+
+
+STUDY_REF = "data/reference/study"
+
+
+def block_study_tables() -> Optional[str]:
+    """Beyond the paper: the exact shift check and the study's three tables."""
+    recs, meta = _json(f"{STUDY_REF}/summary.json"), _json(f"{STUDY_REF}/meta.json")
+    if recs is None or meta is None:
+        return None
+    from opdplus import study_report as rep
+
+    t = rep.format_tables(recs)
+    return "\n".join([
+        "**1. Stability map** (mean over seeds with a 95% t interval; teacher KL is "
+        "KL(student‖teacher) per token on the run's rollouts):", "", t["stability"], "",
+        "**2. Generator shift**, exactly at one state first (expected-gradient dynamics):", "",
+        rep.format_toy(meta["toy_shift"]), "", "then in the tiny world:", "", t["shift"], "",
+        "**3. γ × baseline under OPD+** (steps to reach SFT + "
+        f"{meta['target_fraction']:g} × (teacher − SFT) validation accuracy; gradient variance "
+        "as a ratio to γ = 0 without baseline, same seed, weights and rollouts):", "",
+        t["gamma_baseline"]])
+
+
+def block_study_reading() -> Optional[str]:
+    recs, meta = _json(f"{STUDY_REF}/summary.json"), _json(f"{STUDY_REF}/meta.json")
+    if recs is None or meta is None:
+        return None
+    from opdplus import study_report as rep
+
+    return rep.reading(recs, meta)
+
+
+BLOCKS["study-tables"] = block_study_tables
+BLOCKS["study-reading"] = block_study_reading
+
+
+PERF = "benchmarks/results/summary.json"
+_PERF_NAMES = {"opd_logits": "opdplus, full-vocabulary JSD (`loss=\"logits\"`)",
+               "opd_pg": "opdplus, sampled-token OPD+ (`loss=\"pg\"`)",
+               "trl_gkd": "TRL `GKDTrainer` (λ = 1)", "trl_distill": "TRL `DistillationTrainer`",
+               "bare": "bare compute (generate + teacher forward + student forward/backward)"}
+# (summary key, what it compares, target, True when smaller is better)
+_PERF_TARGETS = (
+    ("tokens_per_s_ratio_vs_gkd", "tokens/s, ours ÷ `GKDTrainer`", 2.0, False),
+    ("tokens_per_s_ratio_vs_distill", "tokens/s, ours ÷ `DistillationTrainer`", 1.3, False),
+    ("peak_mem_ratio_vs_gkd", "peak memory, ours ÷ `GKDTrainer`", 1.0, True),
+    ("peak_mem_ratio_vs_distill", "peak memory, ours ÷ `DistillationTrainer`", 1.0, True),
+    ("overhead_vs_bare", "seconds per token, ours ÷ bare compute", 1.05, True),
+    ("fullvocab_mem_ratio", "full-vocabulary JSD memory, chunked ÷ naive (V = {V:,}, T = {T:,})",
+     0.25, True),
+    ("fullvocab_time_ratio", "full-vocabulary JSD time, chunked ÷ naive (V = {V:,}, T = {T:,})",
+     1.2, True),
+)
+
+
+def _rng(s: Mapping, fmt: str = "{:.2f}") -> str:
+    if s["n"] == 1:
+        return fmt.format(s["median"]) + " (1 run)"
+    return f"{fmt.format(s['median'])} [{fmt.format(s['min'])}–{fmt.format(s['max'])}]"
+
+
+def block_performance() -> Optional[str]:
+    """`make bench`'s headline table and ratios, from benchmarks/results/summary.json."""
+    s = _json(PERF)
+    if s is None:
+        return None
+    size = s["headline"]["size"]
+    model = s["settings"].get("models", {}).get(size, size)
+    clock = s["settings"].get("clock", "wall")
+    rows = [f"| {model} | CPU s/step | wall s/step | completion tokens per {clock} second | "
+            "peak RSS (MB) | added by training (MB) |", "|---|---|---|---|---|---|"]
+    for name, c in s["contenders"].get(size, {}).items():
+        cpu = _rng(c["cpu_s_per_step"]) if "cpu_s_per_step" in c else "–"
+        rows.append(f"| {_PERF_NAMES.get(name, name)} | {cpu} | {_rng(c['s_per_step'])} | "
+                    f"{_rng(c['tokens_per_s'], '{:.1f}')} | {_rng(c['peak_mem_mb'], '{:.0f}')} | "
+                    f"{_rng(c['mem_added_by_training_mb'], '{:.0f}')} |")
+    rows += ["", "| ratio (median [range] over rounds, same-round baselines) | measured | target "
+             "| met |", "|---|---|---|---|"]
+    ranges = s["ranges"].get(size, {})
+    fv_v, fv_t = s["headline"]["fullvocab_vocab"], s["settings"]["fullvocab"]["positions"]
+    for key, what, target, smaller in _PERF_TARGETS:
+        what = what.format(V=fv_v, T=fv_t)
+        v = s.get(key)
+        if key.startswith("fullvocab"):
+            fv = s["fullvocab"].get(str(s["headline"]["fullvocab_vocab"]))
+            spread = fv and fv["mem_ratio" if "mem" in key else "time_ratio"]
+        else:
+            spread = ranges.get(key)
+        if v is None or spread is None:
+            rows.append(f"| {what} | not measured | {'≤' if smaller else '≥'} {target:g} | – |")
+            continue
+        met = v <= target if smaller else v >= target
+        rows.append(f"| {what} | {_rng(spread)} | {'≤' if smaller else '≥'} {target:g} | "
+                    f"{'yes' if met else '**no**'} |")
+    hw, st, la = s["hardware"], s["settings"], s.get("loadavg_1min")
+    rows += ["", f"Measured by `make bench` on {hw.get('cpu_model', hw['machine'])} "
+             f"({hw['cpu_count']} cores), torch {hw['torch']}, transformers "
+             f"{hw.get('transformers', '?')}, TRL {hw.get('trl', 'not installed')}; "
+             f"{st['dtype']}, {st['threads_per_process']} torch thread(s) per process, "
+             f"{st['rounds']} interleaved rounds of one warm-up and {st['timed_steps_per_run']} "
+             f"timed step(s) per process; ratios of {clock} time"
+             + (f"; load average {la['median']:.1f} [{la['min']:.1f}–{la['max']:.1f}] during the "
+                f"runs, so absolute times are inflated and only same-round ratios mean much"
+                if la else "")
+             + f". The whole benchmark took {s['wall_s'] / 60:.0f} minutes"
+             + ("" if s.get("complete", True) else " (interrupted: later stages missing)")
+             + ". " + ("No GPU was lent for these numbers; `make bench-gpu` has not been run."
+                       if not s.get("gpu_lent") else "")]
+    return "\n".join(rows)
+
+
+BLOCKS["performance"] = block_performance
+
+
 # ----------------------------------------------------------------------------- rewriting
 
 

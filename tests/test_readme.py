@@ -32,7 +32,8 @@ def test_readme_has_the_generated_blocks():
     for name in ("exact-gradients", "exact-dynamics", "tiny-world-table", "tiny-world-vs-paper",
                  "tiny-world-reading", "tiny-world-models",
                  "tiny-tools-models", "tiny-tools-table", "tiny-tools-vs-paper", "tiny-tools-reading",
-                 "bfcl-smollm2"):
+                 "bfcl-smollm2", "notebook-times", "performance",
+                 "study-tables", "study-reading"):
         assert name in names, f"README lost the generated block {name!r}"
 
 

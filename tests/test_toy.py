@@ -40,7 +40,7 @@ def test_one_state_opd_is_biased_except_for_reverse_kl(d):
     else:
         assert agree["rel_error"] > 0.05
     if d.name == "forward_kl":
-        assert agree["cosine"] < -0.5  # points against the true descent direction
+        assert agree["cosine"] < -0.5  # points against the true gradient
 
 
 @pytest.mark.parametrize("d", FAMILY, ids=IDS)

@@ -1,0 +1,318 @@
+"""The study's tables, figures, exact-toy check and report (``python -m opdplus study``).
+
+Reads the records of ``opdplus.study`` and turns them into the three tables of the
+"Beyond the paper" section, each with 95% intervals over seeds (mean +- t sd / sqrt(n)):
+
+1. ``stability_table``: every divergence x {OPD, OPD+}: f'(1), f''(1), the prediction written
+   down before running (``study_plan``), the outcome per seed and their agreement.
+2. ``shift_table``: forward KL and JSD written as f + c(u - 1) with f'(1) = -1, 0, +1, under
+   OPD and OPD+: final accuracy and teacher KL (does OPD converge to the teacher, or elsewhere?).
+   ``toy_shift_check`` first answers the same question exactly at one state (``opdplus.toy``).
+3. ``gamma_baseline_table``: OPD+ with gamma in {0, 1} x baseline in {none, analytic, loo}:
+   steps to the target accuracy, final accuracy and teacher KL, and the gradient covariance
+   trace as a ratio to gamma = 0 without baseline (same seed, same weights, same rollouts).
+
+Figures are pure builders in ``study_figures`` (re-exported here); ``write_report`` puts the
+tables and figures in one self-contained HTML file with plotly.js inlined once.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+from . import study_plan as plan
+from .plot_style import ESTIMATOR_COLORS, ESTIMATOR_MARKER, OTHER_COLORS
+
+EST_STYLE = {e: {"color": ESTIMATOR_COLORS[e], "symbol": ESTIMATOR_MARKER[e], "name": name}
+             for e, name in (("opd", "OPD"), ("opd+", "OPD+"))}
+"""OPD and OPD+ differ in colour AND marker, as in every figure (``plot_style``)."""
+BASELINE_COLORS = {"none": "#7f7f7f", "analytic": OTHER_COLORS[2], "loo": OTHER_COLORS[3]}
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def mean_ci(xs: Iterable[Optional[float]]) -> Tuple[Optional[float], Optional[float], Optional[float]]:
+    """(mean, low, high): a t interval over seeds (no interval from a single value)."""
+    v = [float(x) for x in xs if x is not None]
+    if not v:
+        return None, None, None
+    m = sum(v) / len(v)
+    if len(v) < 2:
+        return m, None, None
+    sd = math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1))
+    half = T975.get(len(v) - 1, 1.96) * sd / math.sqrt(len(v))
+    return m, m - half, m + half
+
+
+def fmt_ci(m, lo, hi, spec=".3f") -> str:
+    if m is None:
+        return "–"
+    if lo is None:
+        return format(m, spec)
+    return f"{m:{spec}} [{lo:{spec}}, {hi:{spec}}]"
+
+
+def _group(records, exp: str, keys: Sequence[str]) -> Dict[tuple, List[dict]]:
+    out: Dict[tuple, List[dict]] = {}
+    for r in records:
+        if r["experiment"] == exp:
+            out.setdefault(tuple(r[k] for k in keys), []).append(r)
+    return out
+
+
+def _pred_text(p) -> str:
+    return "not predicted" if p is None else ("collapse" if p else "stable")
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def stability_table(records: Sequence[Mapping]) -> List[dict]:
+    rows = []
+    for (d, e), rs in _group(records, "stability", ("divergence", "estimator")).items():
+        rs = sorted(rs, key=lambda r: r["seed"])
+        pred = rs[0]["predicted_collapse"]
+        obs = [bool(r["collapsed"]) for r in rs]
+        rows.append({
+            "divergence": d, "estimator": e, "f1": rs[0]["f1"], "f2": rs[0]["f2"],
+            "predicted": _pred_text(pred), "predicted_collapse": pred,
+            "observed": f"{sum(obs)}/{len(obs)} collapsed",
+            "collapsed_frac": sum(obs) / len(obs),
+            "agree": None if pred is None else sum(o == pred for o in obs),
+            "n": len(obs),
+            "accuracy": mean_ci(r["accuracy"] for r in rs),
+            "kl_start": mean_ci(r["teacher_kl_start"] for r in rs),
+            "kl_final": mean_ci(r["teacher_kl_final"] for r in rs),
+        })
+    return rows
+
+
+def shift_table(records: Sequence[Mapping]) -> List[dict]:
+    rows = []
+    for (d, c, e), rs in _group(records, "shift", ("divergence", "shift", "estimator")).items():
+        obs = [bool(r["collapsed"]) for r in rs]
+        rows.append({
+            "divergence": d, "shift": c, "f1": rs[0]["f1"], "estimator": e,
+            "predicted": _pred_text(rs[0]["predicted_collapse"]),
+            "predicted_collapse": rs[0]["predicted_collapse"],
+            "observed": f"{sum(obs)}/{len(obs)} collapsed", "collapsed_frac": sum(obs) / len(obs),
+            "agree": (None if rs[0]["predicted_collapse"] is None
+                      else sum(o == rs[0]["predicted_collapse"] for o in obs)), "n": len(obs),
+            "accuracy": mean_ci(r["accuracy"] for r in rs),
+            "kl_start": mean_ci(r["teacher_kl_start"] for r in rs),
+            "kl_final": mean_ci(r["teacher_kl_final"] for r in rs),
+        })
+    return sorted(rows, key=lambda r: (r["divergence"], r["f1"], r["estimator"]))
+
+
+def gamma_baseline_table(records: Sequence[Mapping]) -> List[dict]:
+    groups = _group(records, "gamma_baseline", ("divergence", "gamma", "baseline"))
+    ref = {(r["divergence"], r["seed"]): r for r in records
+           if r["experiment"] == "gamma_baseline" and r["gamma"] == 0.0 and r["baseline"] == "none"}
+    rows = []
+    for (d, g, b), rs in groups.items():
+        def ratio(r, key):
+            base = ref.get((d, r["seed"]), {}).get(key)
+            return None if not base or r.get(key) is None else r[key] / base
+
+        reached = [r["steps_to_target"] for r in rs if r["steps_to_target"] is not None]
+        rows.append({
+            "divergence": d, "gamma": g, "baseline": b, "n": len(rs),
+            "reached": f"{len(reached)}/{len(rs)}",
+            "steps_to_target": mean_ci(reached),
+            "accuracy": mean_ci(r["accuracy"] for r in rs),
+            "kl_final": mean_ci(r["teacher_kl_final"] for r in rs),
+            "var_ratio_init": mean_ci(ratio(r, "grad_var_init") for r in rs),
+            "var_ratio_final": mean_ci(ratio(r, "grad_var_final") for r in rs),
+        })
+    order = {b: i for i, b in enumerate(plan.BASELINES)}
+    return sorted(rows, key=lambda r: (r["divergence"], r["gamma"], order.get(r["baseline"], 9)))
+
+
+def _md(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _num(x, spec=".3g"):
+    return "none" if x is None else format(x, spec)
+
+
+def format_tables(records: Sequence[Mapping]) -> Dict[str, str]:
+    """The three tables as markdown (what the report, the README and ``study`` print)."""
+    st = stability_table(records)
+    t1 = _md(["divergence", "design", "f'(1)", "f''(1)", "predicted", "observed", "agree",
+              "accuracy", "teacher KL start → end"],
+             [[r["divergence"], r["estimator"], _num(r["f1"]), _num(r["f2"]), r["predicted"],
+               r["observed"], "–" if r["agree"] is None else f"{r['agree']}/{r['n']}",
+               fmt_ci(*r["accuracy"]), f"{fmt_ci(*r['kl_start'], '.2f')} → {fmt_ci(*r['kl_final'], '.2f')}"]
+              for r in st])
+    sh = shift_table(records)
+    t2 = _md(["divergence", "c", "f'(1) after shift", "design", "predicted", "observed",
+              "accuracy", "teacher KL end"],
+             [[r["divergence"], f"{r['shift']:g}", _num(r["f1"]), r["estimator"], r["predicted"],
+               r["observed"], fmt_ci(*r["accuracy"]), fmt_ci(*r["kl_final"], ".2f")] for r in sh])
+    gb = gamma_baseline_table(records)
+    t3 = _md(["divergence", "γ", "baseline", "reached target", "steps to target", "accuracy",
+              "teacher KL end", "grad variance ratio (SFT init)", "ratio (final weights)"],
+             [[r["divergence"], f"{r['gamma']:g}", r["baseline"], r["reached"],
+               fmt_ci(*r["steps_to_target"], ".0f"), fmt_ci(*r["accuracy"]),
+               fmt_ci(*r["kl_final"], ".2f"), fmt_ci(*r["var_ratio_init"], ".2f"),
+               fmt_ci(*r["var_ratio_final"], ".2f")] for r in gb])
+    return {"stability": t1, "shift": t2, "gamma_baseline": t3}
+
+
+def agreement(records: Sequence[Mapping], experiment: str = "stability") -> Tuple[int, int]:
+    """(runs whose outcome matched the prediction, runs with a prediction)."""
+    rs = [r for r in records if r["experiment"] == experiment and r["predicted_collapse"] is not None]
+    return sum(bool(r["collapsed"]) == r["predicted_collapse"] for r in rs), len(rs)
+
+
+# ----------------------------------------------------------------------------- exact toy
+
+
+def toy_shift_check(steps: int = 1500, lr: float = 0.5, vocab: int = 8, seed: int = 0) -> List[dict]:
+    """The generator-shift question answered exactly at one state, before the tiny world.
+
+    Teacher and student logits are drawn once (float64, ``seed``); each shifted generator
+    (f'(1) = -1, 0, +1) of forward KL and JSD runs expected-gradient descent on the logits
+    (``toy.one_state_expected_gradient``, as in ``toy.one_state_dynamics``) under OPD and OPD+,
+    stopping early if the student becomes one-hot. Returns the final total variation to the
+    teacher, the largest student probability and the reverse KL, KL(student || teacher).
+    """
+    import torch
+
+    from .toy import one_state_expected_gradient
+
+    g = torch.Generator().manual_seed(seed)
+    zt = torch.randn(vocab, generator=g, dtype=torch.float64)
+    zs = torch.randn(vocab, generator=g, dtype=torch.float64)
+    q = torch.softmax(zt, -1)
+
+    def tv(z):
+        return float(0.5 * (torch.softmax(z, -1) - q).abs().sum())
+
+    out = []
+    for name in plan.SHIFT_DIVERGENCES:
+        for slope in plan.SHIFT_SLOPES:
+            c = plan.shift_for_slope(name, slope)
+            d = plan.divergence(name, c)
+            for est in ("opd", "opd+"):
+                z, done = zs.clone(), 0
+                for done in range(1, steps + 1):
+                    step = lr * one_state_expected_gradient(z, zt, d, est)
+                    z_new = z - step
+                    # a logit running off to infinity (one-hot student) ends the run early
+                    if not torch.isfinite(z_new).all() or torch.softmax(z_new, -1).max() > 1 - 1e-12:
+                        z = z_new if torch.isfinite(z_new).all() else z
+                        break
+                    z = z_new
+                p = torch.softmax(z, -1)
+                out.append({"divergence": name, "shift": c, "f1": slope, "estimator": est,
+                            "tv_start": tv(zs), "tv_final": tv(z), "max_prob": float(p.max()),
+                            "reverse_kl_final": float((p * (p.log() - q.log())).sum()),
+                            "steps": done, "predicted_collapse": plan.predict(d, est)[0]})
+    return out
+
+
+def format_toy(rows: Sequence[Mapping]) -> str:
+    return _md(["divergence", "c", "f'(1)", "design", "predicted", "TV to teacher start → end",
+                "largest probability", "KL(student‖teacher) end", "steps"],
+               [[r["divergence"], f"{r['shift']:g}", f"{r['f1']:g}", r["estimator"],
+                 _pred_text(r["predicted_collapse"]), f"{r['tv_start']:.3f} → {r['tv_final']:.3g}",
+                 f"{r['max_prob']:.3f}", f"{r['reverse_kl_final']:.3g}", r["steps"]] for r in rows])
+
+
+def reading(records: Sequence[Mapping], meta: Mapping) -> str:
+    """The paragraphs that read the three tables; every number comes from ``records``/``meta``."""
+    ok, n = agreement(records)
+    st = stability_table(records)
+    wrong = [f"{r['divergence']}/{r['estimator']} ({r['observed']}, predicted {r['predicted']})"
+             for r in st if r["agree"] is not None and r["agree"] < r["n"]]
+    unpred = [f"{r['divergence']}/{r['estimator']}: {r['observed']}" for r in st if r["agree"] is None]
+    out = [f"**Stability map.** The prediction held in {ok} of {n} predicted runs. "
+           + ("Where it failed: " + "; ".join(wrong) + "." if wrong else "It failed nowhere.")
+           + (" Not predicted: " + "; ".join(unpred) + "." if unpred else "")]
+    sh = [r for r in shift_table(records) if r["estimator"] == "opd"]
+    if sh:
+        parts = [f"{r['divergence']} with f′(1) = {r['f1']:g}: {r['observed']}, final teacher KL "
+                 f"{fmt_ci(*r['kl_final'], '.2f')}" for r in sh]
+        ok_s, n_s = agreement(records, "shift")
+        out.append("**Generator shift (OPD).** " + "; ".join(parts) + f". Prediction held in "
+                   f"{ok_s} of {n_s} predicted runs.")
+    gb = [r for r in gamma_baseline_table(records)
+          if r["var_ratio_init"][0] is not None and (r["gamma"], r["baseline"]) != (0.0, "none")]
+    if gb:
+        best = min(gb, key=lambda r: r["var_ratio_init"][0])
+        worst = max(gb, key=lambda r: r["var_ratio_init"][0])
+        out.append(f"**γ and baselines (OPD+).** Lowest gradient variance at the SFT weights: "
+                   f"{best['divergence']} γ={best['gamma']:g} with baseline {best['baseline']}, "
+                   f"{fmt_ci(*best['var_ratio_init'], '.2f')} of γ=0 without baseline; highest: "
+                   f"{worst['divergence']} γ={worst['gamma']:g} with baseline {worst['baseline']}, "
+                   f"{fmt_ci(*worst['var_ratio_init'], '.2f')}.")
+    if meta.get("missing_runs"):
+        out.append(f"**Incomplete.** {meta['runs_reported']} of {meta['runs_planned']} planned "
+                   f"runs finished; the tables hold only those (missing: "
+                   f"{len(meta['missing_runs'])} runs, listed in meta.json).")
+    if meta.get("report_only"):
+        out.append(f"Profile {meta['profile']!r}, report built {meta['date']} from the stored runs, "
+                   f"which spanned {meta['wall_s'] / 60:.0f} min of wall time on a shared "
+                   f"{meta['hardware'].split(',')[0]} machine with "
+                   f"{meta['hardware'].split(',')[1].strip()}; load average "
+                   f"{meta['load_average_end'][0]:.1f} when the report was built.")
+    else:
+        out.append(f"Profile {meta['profile']!r}, {meta['date']}: {meta['wall_s'] / 60:.0f} min "
+                   f"wall on {meta['hardware']}; load average {meta['load_average_start'][0]:.1f} "
+                   f"at the start and {meta['load_average_end'][0]:.1f} at the end (the machine "
+                   "was shared).")
+    return "\n\n".join(out)
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _md_to_html(table: str) -> str:
+    lines = table.splitlines()
+    head = "".join(f"<th>{html.escape(c.strip())}</th>" for c in lines[0].strip("|").split("|"))
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>"
+                                    for c in ln.strip("|").split("|")) + "</tr>" for ln in lines[2:])
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def write_report(path, records: Sequence[Mapping], toy: Sequence[Mapping], meta: Mapping,
+                 predictions: Sequence[Mapping]) -> None:
+    """One self-contained HTML page: plan, tables, figures (plotly.js inlined once)."""
+    from pathlib import Path
+
+    tables = format_tables(records)
+    figs = [fig_stability_map(records), fig_shift_sweep(records), fig_gamma_baseline(records),
+            fig_criterion_slider(records)]
+    parts = [f.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, f in enumerate(figs)]
+    pred_tab = _md(["divergence", "c", "design", "f'(1)", "f''(1)", "predicted", "why"],
+                   [[p["divergence"], f"{p['shift']:g}", p["estimator"], _num(p["f1"]),
+                     _num(p["f2"]), _pred_text(p["predicted_collapse"]), p["reason"]]
+                    for p in predictions])
+    meta_html = "".join(f"<li><b>{html.escape(str(k))}</b>: {html.escape(str(v))}</li>"
+                        for k, v in meta.items())
+    ok, n = agreement(records)
+    doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>opdplus study</title>
+<style>body{{font-family:sans-serif;max-width:1300px;margin:2em auto}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:3px 7px;text-align:left;font-size:90%}}</style></head><body>
+<h1>Beyond the paper: stability, generator shift, γ and baselines</h1><ul>{meta_html}</ul>
+<h2>Written down before running</h2><p>{html.escape(plan.criterion_text())}.</p>
+{_md_to_html(pred_tab)}
+<h2>1. Stability map</h2><p>Prediction and outcome agreed in {ok} of {n} predicted runs.</p>
+{_md_to_html(tables['stability'])}{parts[0]}
+<p>How much the map depends on the criterion's factor (the study's is fixed at
+{plan.COLLAPSE_KL_FACTOR:g}x):</p>{parts[3]}
+<h2>2. Generator shift</h2><h3>Exact check at one state</h3>{_md_to_html(format_toy(toy))}
+<h3>Tiny world</h3>{_md_to_html(tables['shift'])}{parts[1]}
+<h2>3. What γ and the baselines buy</h2>{_md_to_html(tables['gamma_baseline'])}{parts[2]}
+</body></html>"""
+    Path(path).write_text(doc)
+
+
+from .study_figures import (  # noqa: E402, F401  (re-exported; they build on the tables above)
+    fig_criterion_slider, fig_gamma_baseline, fig_shift_sweep, fig_stability_map)
