@@ -46,6 +46,8 @@ SUMMARY_KEYS = (
     "fullvocab_time_ratio",
 )
 """The headline numbers of ``summary.json`` (at SmolLM2 size; V = 151,936 for the last two)."""
+CEILING_KEYS = ("overhead_vs_floor", "ceiling_vs_gkd", "ceiling_vs_distill")
+"""Beside them: how far the floor (completion-only logits, no loss) is from us and from TRL."""
 
 OURS = "opd_logits"  # the like-for-like mode: full-vocabulary JSD, as TRL computes it
 
@@ -140,10 +142,17 @@ def run_steps(size: str, contenders: Sequence[str], rounds: int, steps: int, thr
     return {"size": size, "runs": runs, **step_ratios(runs, contenders)}
 
 
+TAGS = {"trl_gkd": "gkd", "trl_distill": "distill", "bare": "bare", "floor": "floor",
+        "opd_logits": "logits", "opd_pg": "pg"}
+
+
 def step_ratios(runs: Sequence[Dict], contenders: Sequence[str]) -> Dict:
     """Per-round ratios of tokens/s and peak memory, our two modes against each other contender.
 
-    ``overhead_vs_bare``: our seconds per completion token over the bare compute's, per round.
+    ``overhead_vs_bare``: our seconds per completion token over the bare compute's, per round
+    (``overhead_vs_floor``: over the floor's, the bare compute with completion-only logits).
+    ``ceiling_vs_gkd`` / ``ceiling_vs_distill``: the floor's tokens/s over the TRL trainer's,
+    the largest speed-up any trainer of these three passes could show against it.
     """
     by_round: Dict[int, Dict[str, Dict]] = {}
     for rec in runs:
@@ -156,15 +165,19 @@ def step_ratios(runs: Sequence[Dict], contenders: Sequence[str]) -> Dict:
             for base in contenders:
                 if base == ours or base not in recs:
                     continue
-                tag = {"trl_gkd": "gkd", "trl_distill": "distill", "bare": "bare",
-                       "opd_logits": "logits", "opd_pg": "pg"}[base]
+                tag = TAGS[base]
                 mode = "" if ours == OURS else "_pg"
                 tps = tokens_per_s(recs[ours]) / tokens_per_s(recs[base])
                 mem = recs[ours]["peak_mem_mb"] / recs[base]["peak_mem_mb"]
                 ratios.setdefault(f"tokens_per_s_ratio_vs_{tag}{mode}", []).append(tps)
                 ratios.setdefault(f"peak_mem_ratio_vs_{tag}{mode}", []).append(mem)
-                if base == "bare":
-                    ratios.setdefault(f"overhead_vs_bare{mode}", []).append(1.0 / tps)
+                if base in ("bare", "floor"):
+                    ratios.setdefault(f"overhead_vs_{base}{mode}", []).append(1.0 / tps)
+        if "floor" in recs:
+            for base in TRL_CONTENDERS:
+                if base in recs:
+                    ratios.setdefault(f"ceiling_vs_{TAGS[base]}", []).append(
+                        tokens_per_s(recs["floor"]) / tokens_per_s(recs[base]))
     per_contender = {}
     for name in contenders:
         recs = [r for r in runs if r["contender"] == name]
@@ -252,7 +265,7 @@ def summarize(steps: Dict[str, Dict], fullvocab: Dict[str, Dict], settings: Dict
     """``summary.json``: the headline ratios (medians) with their ranges, hardware, settings."""
     head = steps.get(headline_size, {}).get("ratios", {})
     summary: Dict = {}
-    for key in SUMMARY_KEYS[:5]:
+    for key in SUMMARY_KEYS[:5] + CEILING_KEYS:
         summary[key] = head[key]["median"] if key in head else None
     fv = fullvocab.get(str(headline_vocab))
     summary["fullvocab_mem_ratio"] = fv["mem_ratio"]["median"] if fv else None
@@ -283,7 +296,7 @@ def print_ratios(summary: Dict) -> None:
             print(f"  full vocabulary V={v}: chunked/naive {k:10s} {s['median']:.3f} "
                   f"[{s['min']:.3f}-{s['max']:.3f}]")
     print("\nsummary.json:")
-    for k in SUMMARY_KEYS:
+    for k in SUMMARY_KEYS + CEILING_KEYS:
         v = summary.get(k)
         print(f"  {k:32s} {'n/a' if v is None else f'{v:.3f}'}")
     la = summary.get("loadavg_1min")
@@ -341,6 +354,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                "gradient_checkpointing=False, optim=adamw_torch_fused, no logging or saving",
         "bare": "generate (KV cache, EOS suppressed) + teacher forward + student forward, "
                 "cross-entropy, backward (full logits) + fused AdamW",
+        "floor": "bare with logits only at the completion positions (logits_to_keep)",
         "fullvocab": {"vocabs": a.vocabs, "positions": a.positions, "rounds": a.fullvocab_rounds},
         "interleaving": "each run its own process; order rotated every round",
         "clock": CLOCK,

@@ -252,18 +252,20 @@ for r in gb_rows:
 # ### Exercise 08.3: a variance ratio by hand
 #
 # Write `my_variance_ratio(records, divergence, gamma, baseline)`: for each seed, the run's
-# `grad_var_init` divided by the same seed's `γ = 0`, no-baseline run; return the mean over
-# seeds. (Only records with `experiment == "gamma_baseline"` count.)
+# `grad_var_init` divided by the same seed's `γ = 0`, no-baseline run; return the geometric
+# mean over seeds, `exp(mean(log ratio))`, the average that suits ratios (2 and 1/2 average
+# to 1; an arithmetic mean lets one wild seed dominate). (Only records with
+# `experiment == "gamma_baseline"` count.)
 
 # %%
 def my_variance_ratio(records, divergence, gamma, baseline):
-    """Mean over seeds of grad_var_init / (the same seed's gamma=0, baseline=none)."""
+    """Geometric mean over seeds of grad_var_init / (the same seed's gamma=0, baseline=none)."""
     ### BEGIN SOLUTION
     gb = [r for r in records if r["experiment"] == "gamma_baseline" and r["divergence"] == divergence]
     ref = {r["seed"]: r["grad_var_init"] for r in gb if r["gamma"] == 0.0 and r["baseline"] == "none"}
     xs = [r["grad_var_init"] / ref[r["seed"]] for r in gb
           if r["gamma"] == gamma and r["baseline"] == baseline]
-    return sum(xs) / len(xs)
+    return math.exp(sum(math.log(x) for x in xs) / len(xs))
     ### END SOLUTION
 
 
@@ -279,7 +281,8 @@ def _check_ratio():
 
 
 check("08.3", _check_ratio,
-      hint="build {seed: grad_var_init} for gamma 0 / 'none' first, then divide seed by seed")
+      hint="build {seed: grad_var_init} for gamma 0 / 'none' first, divide seed by seed, "
+           "then average the logarithms")
 
 # %% [markdown]
 # ## What to try next

@@ -76,8 +76,8 @@ def format_gradient_table(rows: List[Dict]) -> str:
 
 
 def format_dynamics_table(rows: List[Dict], steps: int) -> str:
-    lines = [f"| divergence | OPD: TV to teacher | OPD: max prob | OPD+: TV to teacher | "
-             f"OPD+: max prob | teacher max prob |", "|" + "---|" * 6]
+    lines = ["| divergence | OPD: TV to teacher | OPD: max prob | OPD+: TV to teacher | "
+             "OPD+: max prob | teacher max prob |", "|" + "---|" * 6]
     for r in rows:
         lines.append(f"| {r['divergence']} | {_fmt(r['opd_tv'])} | {r['opd_max_prob']:.3f} | "
                      f"{_fmt(r['opd+_tv'])} | {r['opd+_max_prob']:.3f} | {r['teacher_max_prob']:.3f} |")

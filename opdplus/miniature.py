@@ -29,15 +29,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing as mp
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from . import progress as _progress
+from .pools import spawn_pool
 
 ARMS: Tuple[Tuple[str, str], ...] = tuple(
     (d, e) for d in ("reverse_kl", "forward_kl", "jsd") for e in ("opd", "opd+")
@@ -311,8 +311,8 @@ def run_all(profile: Profile, out_root: Path, arms: Sequence[Tuple[str, str]] = 
         if profile.workers <= 1:
             collect(_timed_job(ij) for ij in enumerate(jobs))
         else:
-            ctx = mp.get_context("spawn")  # fresh interpreters: no forked torch thread pools
-            with ctx.Pool(profile.workers, maxtasksperchild=4) as pool:
+            # fresh interpreters (no forked torch thread pools) that end with this process
+            with spawn_pool(profile.workers, maxtasksperchild=4) as pool:
                 collect(pool.imap_unordered(_timed_job, enumerate(jobs)))
     return records  # type: ignore[return-value]
 

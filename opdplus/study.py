@@ -27,13 +27,13 @@ bar over runs and one line per finished run.
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from . import progress as _progress
+from .pools import spawn_pool
 from . import study_plan as plan
 from .config import TrainConfig
 from .divergences import Divergence, shifted
@@ -378,21 +378,17 @@ def run_all(profile: plan.StudyProfile, out_root: Path, workers: Optional[int] =
     results: List[Optional[dict]] = [None] * len(jobs)
     with _progress.bar(total=len(jobs), desc="study runs", unit="run", progress=show) as pbar:
         items = [(i, j, profile, Path(out_root)) for i, j in enumerate(jobs)]
-        if workers <= 1:
-            it = map(_timed, items)
-            pool = None
-        else:
-            pool = mp.get_context("spawn").Pool(workers, maxtasksperchild=8)
-            it = pool.imap_unordered(_timed, items)
-        try:
+        def collect(it) -> None:
             for i, rec, seconds, reused in it:
                 results[i] = rec
                 pbar.write(run_line(rec, seconds, reused))
                 pbar.update(1)
-        finally:
-            if pool is not None:
-                pool.close()
-                pool.join()
+
+        if workers <= 1:
+            collect(map(_timed, items))
+        else:
+            with spawn_pool(workers, maxtasksperchild=8) as pool:
+                collect(pool.imap_unordered(_timed, items))
     refs = {r["role"]: r for r in results[:2]}
     by_spec = {s: r for s, r in zip(jobs[2:], results[2:])}
     return [(e, {**by_spec[s], "experiment": e}) for e, s in pairs], refs

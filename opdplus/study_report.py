@@ -1,7 +1,8 @@
 """The study's tables, figures, exact-toy check and report (``python -m opdplus study``).
 
 Reads the records of ``opdplus.study`` and turns them into the three tables of the
-"Beyond the paper" section, each with 95% intervals over seeds (mean +- t sd / sqrt(n)):
+"Beyond the paper" section, each with 95% intervals over seeds (mean +- t sd / sqrt(n), cut to
+the quantity's range; ratios as geometric means with the t interval of their logarithms):
 
 1. ``stability_table``: every divergence x {OPD, OPD+}: f'(1), f''(1), the prediction written
    down before running (``study_plan``), the outcome per seed and their agreement.
@@ -32,8 +33,14 @@ BASELINE_COLORS = {"none": "#7f7f7f", "analytic": OTHER_COLORS[2], "loo": OTHER_
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
-def mean_ci(xs: Iterable[Optional[float]]) -> Tuple[Optional[float], Optional[float], Optional[float]]:
-    """(mean, low, high): a t interval over seeds (no interval from a single value)."""
+def mean_ci(xs: Iterable[Optional[float]], lower: Optional[float] = None,
+            upper: Optional[float] = None
+            ) -> Tuple[Optional[float], Optional[float], Optional[float]]:
+    """(mean, low, high): a t interval over seeds (no interval from a single value).
+
+    ``lower``/``upper``: the quantity's range (0 and 1 for an accuracy, 0 for a KL or a step
+    count). The interval is cut to it: the true value lies in the range, so the cut interval
+    covers it exactly as often, and three seeds no longer print an accuracy of -0.04."""
     v = [float(x) for x in xs if x is not None]
     if not v:
         return None, None, None
@@ -42,7 +49,23 @@ def mean_ci(xs: Iterable[Optional[float]]) -> Tuple[Optional[float], Optional[fl
         return m, None, None
     sd = math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1))
     half = T975.get(len(v) - 1, 1.96) * sd / math.sqrt(len(v))
-    return m, m - half, m + half
+    lo, hi = m - half, m + half
+    if lower is not None:
+        lo = max(lo, lower)
+    if upper is not None:
+        hi = min(hi, upper)
+    return m, lo, hi
+
+
+def ratio_ci(xs: Iterable[Optional[float]]
+             ) -> Tuple[Optional[float], Optional[float], Optional[float]]:
+    """(geometric mean, low, high) of positive ratios: the t interval of their logarithms,
+    mapped back. The natural average of ratios (2 and 1/2 average to 1) and always positive."""
+    logs = [math.log(x) for x in xs if x is not None and x > 0]
+    m, lo, hi = mean_ci(logs)
+    if m is None:
+        return None, None, None
+    return math.exp(m), (None if lo is None else math.exp(lo)), (None if hi is None else math.exp(hi))
 
 
 def fmt_ci(m, lo, hi, spec=".3f") -> str:
@@ -81,9 +104,9 @@ def stability_table(records: Sequence[Mapping]) -> List[dict]:
             "collapsed_frac": sum(obs) / len(obs),
             "agree": None if pred is None else sum(o == pred for o in obs),
             "n": len(obs),
-            "accuracy": mean_ci(r["accuracy"] for r in rs),
-            "kl_start": mean_ci(r["teacher_kl_start"] for r in rs),
-            "kl_final": mean_ci(r["teacher_kl_final"] for r in rs),
+            "accuracy": mean_ci((r["accuracy"] for r in rs), 0.0, 1.0),
+            "kl_start": mean_ci((r["teacher_kl_start"] for r in rs), 0.0),
+            "kl_final": mean_ci((r["teacher_kl_final"] for r in rs), 0.0),
         })
     return rows
 
@@ -99,9 +122,9 @@ def shift_table(records: Sequence[Mapping]) -> List[dict]:
             "observed": f"{sum(obs)}/{len(obs)} collapsed", "collapsed_frac": sum(obs) / len(obs),
             "agree": (None if rs[0]["predicted_collapse"] is None
                       else sum(o == rs[0]["predicted_collapse"] for o in obs)), "n": len(obs),
-            "accuracy": mean_ci(r["accuracy"] for r in rs),
-            "kl_start": mean_ci(r["teacher_kl_start"] for r in rs),
-            "kl_final": mean_ci(r["teacher_kl_final"] for r in rs),
+            "accuracy": mean_ci((r["accuracy"] for r in rs), 0.0, 1.0),
+            "kl_start": mean_ci((r["teacher_kl_start"] for r in rs), 0.0),
+            "kl_final": mean_ci((r["teacher_kl_final"] for r in rs), 0.0),
         })
     return sorted(rows, key=lambda r: (r["divergence"], r["f1"], r["estimator"]))
 
@@ -120,11 +143,11 @@ def gamma_baseline_table(records: Sequence[Mapping]) -> List[dict]:
         rows.append({
             "divergence": d, "gamma": g, "baseline": b, "n": len(rs),
             "reached": f"{len(reached)}/{len(rs)}",
-            "steps_to_target": mean_ci(reached),
-            "accuracy": mean_ci(r["accuracy"] for r in rs),
-            "kl_final": mean_ci(r["teacher_kl_final"] for r in rs),
-            "var_ratio_init": mean_ci(ratio(r, "grad_var_init") for r in rs),
-            "var_ratio_final": mean_ci(ratio(r, "grad_var_final") for r in rs),
+            "steps_to_target": mean_ci(reached, 0.0),
+            "accuracy": mean_ci((r["accuracy"] for r in rs), 0.0, 1.0),
+            "kl_final": mean_ci((r["teacher_kl_final"] for r in rs), 0.0),
+            "var_ratio_init": ratio_ci(ratio(r, "grad_var_init") for r in rs),
+            "var_ratio_final": ratio_ci(ratio(r, "grad_var_final") for r in rs),
         })
     order = {b: i for i, b in enumerate(plan.BASELINES)}
     return sorted(rows, key=lambda r: (r["divergence"], r["gamma"], order.get(r["baseline"], 9)))
@@ -156,7 +179,8 @@ def format_tables(records: Sequence[Mapping]) -> Dict[str, str]:
                r["observed"], fmt_ci(*r["accuracy"]), fmt_ci(*r["kl_final"], ".2f")] for r in sh])
     gb = gamma_baseline_table(records)
     t3 = _md(["divergence", "γ", "baseline", "reached target", "steps to target", "accuracy",
-              "teacher KL end", "grad variance ratio (SFT init)", "ratio (final weights)"],
+              "teacher KL end", "grad variance ratio (SFT init), geometric mean",
+              "ratio (final weights)"],
              [[r["divergence"], f"{r['gamma']:g}", r["baseline"], r["reached"],
                fmt_ci(*r["steps_to_target"], ".0f"), fmt_ci(*r["accuracy"]),
                fmt_ci(*r["kl_final"], ".2f"), fmt_ci(*r["var_ratio_init"], ".2f"),
@@ -225,33 +249,127 @@ def format_toy(rows: Sequence[Mapping]) -> str:
                  f"{r['max_prob']:.3f}", f"{r['reverse_kl_final']:.3g}", r["steps"]] for r in rows])
 
 
+def _by_slope(records: Sequence[Mapping]) -> Dict[str, Tuple[int, int]]:
+    """OPD runs of the stability and shift experiments by the sign of f'(1):
+    {"> 0" | "= 0" | "< 0": (collapsed, runs)}."""
+    out: Dict[str, List[int]] = {}
+    seen = set()
+    for r in records:
+        if r["estimator"] != "opd" or r["f1"] is None or r["experiment"] == "gamma_baseline":
+            continue
+        key = (r["divergence"], r["shift"], r["seed"])
+        if key in seen:  # a run that is in both experiments counts once
+            continue
+        seen.add(key)
+        sign = "> 0" if r["f1"] > 1e-9 else ("< 0" if r["f1"] < -1e-9 else "= 0")
+        c = out.setdefault(sign, [0, 0])
+        c[0] += bool(r["collapsed"])
+        c[1] += 1
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+def _geo(xs: Sequence[float]) -> float:
+    return math.exp(sum(math.log(x) for x in xs) / len(xs))
+
+
 def reading(records: Sequence[Mapping], meta: Mapping) -> str:
     """The paragraphs that read the three tables; every number comes from ``records``/``meta``."""
     ok, n = agreement(records)
     st = stability_table(records)
-    wrong = [f"{r['divergence']}/{r['estimator']} ({r['observed']}, predicted {r['predicted']})"
+    wrong = [f"{r['divergence']}/{r['estimator']} ({r['observed']}, predicted {r['predicted']}; "
+             f"accuracy {fmt_ci(*r['accuracy'])}, teacher KL {r['kl_start'][0]:.2f} → "
+             f"{r['kl_final'][0]:.2f})"
              for r in st if r["agree"] is not None and r["agree"] < r["n"]]
     unpred = [f"{r['divergence']}/{r['estimator']}: {r['observed']}" for r in st if r["agree"] is None]
-    out = [f"**Stability map.** The prediction held in {ok} of {n} predicted runs. "
-           + ("Where it failed: " + "; ".join(wrong) + "." if wrong else "It failed nowhere.")
-           + (" Not predicted: " + "; ".join(unpred) + "." if unpred else "")]
-    sh = [r for r in shift_table(records) if r["estimator"] == "opd"]
+    plus = [r for r in st if r["estimator"] == "opd+" and r["agree"] is not None]
+    refs = meta.get("references") or {}
+    start = ""
+    if "sft-init" in refs and "teacher" in refs:
+        start = (f" (test accuracy at the start, the SFT student: "
+                 f"{refs['sft-init']['test']['accuracy']:.2f}; the teacher: "
+                 f"{refs['teacher']['test']['accuracy']:.2f})")
+    para = (f"**Stability map**{start}. The prediction held in {ok} of {n} predicted runs. "
+            + ("Where it failed: " + "; ".join(wrong) + "." if wrong else "It failed nowhere.")
+            + (" Not predicted: " + "; ".join(unpred) + "." if unpred else ""))
+    if plus:
+        para += (f" OPD+ stayed in {sum(r['agree'] for r in plus)} of "
+                 f"{sum(r['n'] for r in plus)} runs over {len(plus)} divergences.")
+    slopes = _by_slope(records)
+    if slopes:
+        para += (" OPD runs collapsed, by the sign of f′(1) (stability and shift runs): "
+                 + "; ".join(f"f′(1) {k}: {c} of {m}" for k, (c, m) in
+                             sorted(slopes.items(), key=lambda kv: "><=".index(kv[0][0])))
+                 + ".")
+        pos, neg = slopes.get("> 0", (0, 0)), slopes.get("< 0", (0, 0))
+        if pos[0] == pos[1] and neg[0] == 0 and pos[1] and neg[1]:
+            para += (" Where f′(1) ≠ 0 the linear argument decided every run; at f′(1) = 0 it "
+                     "only says that nothing pulls back to first order, and what happens is "
+                     "left to higher-order terms.")
+    out = [para]
+    sh_all = shift_table(records)
+    sh = [r for r in sh_all if r["estimator"] == "opd"]
     if sh:
         parts = [f"{r['divergence']} with f′(1) = {r['f1']:g}: {r['observed']}, final teacher KL "
                  f"{fmt_ci(*r['kl_final'], '.2f')}" for r in sh]
         ok_s, n_s = agreement(records, "shift")
-        out.append("**Generator shift (OPD).** " + "; ".join(parts) + f". Prediction held in "
-                   f"{ok_s} of {n_s} predicted runs.")
-    gb = [r for r in gamma_baseline_table(records)
+        text = ("**Generator shift (OPD).** " + "; ".join(parts) + f". Prediction held in "
+                f"{ok_s} of {n_s} predicted runs.")
+        plus_sh, higher, apart = [], [], []
+        for d in sorted({r["divergence"] for r in sh_all}):
+            rows = {r["shift"]: r for r in sh_all if r["divergence"] == d and r["estimator"] == "opd+"}
+            if 0.0 in rows and len(rows) > 1 and rows[0.0]["kl_final"][0] is not None:
+                others = [rows[c]["kl_final"][0] for c in sorted(rows) if c != 0.0
+                          and rows[c]["kl_final"][0] is not None]
+                if others:
+                    base = rows[0.0]["kl_final"]
+                    higher += [x > base[0] for x in others]
+                    apart += [rows[c]["kl_final"][1] is not None and base[2] is not None
+                              and rows[c]["kl_final"][1] > base[2] for c in rows if c != 0.0]
+                    plus_sh.append(f"{d} {rows[0.0]['kl_final'][0]:.2f} at c = 0 against "
+                                   + " and ".join(f"{x:.2f}" for x in others)
+                                   + " at the shifted generators")
+        if plus_sh:
+            text += (" OPD+ is invariant to c in expectation only: c adds a constant to its "
+                     "advantage, which has zero mean gradient but adds variance when there is "
+                     "no baseline. Its final teacher KL: " + "; ".join(plus_sh) + ".")
+            if all(higher):
+                text += (" Every shifted generator ended further from the teacher under OPD+; "
+                         f"the intervals separate from c = 0 in {sum(apart)} of {len(apart)}.")
+        out.append(text)
+    gb_all = gamma_baseline_table(records)
+    gb = [r for r in gb_all
           if r["var_ratio_init"][0] is not None and (r["gamma"], r["baseline"]) != (0.0, "none")]
     if gb:
         best = min(gb, key=lambda r: r["var_ratio_init"][0])
         worst = max(gb, key=lambda r: r["var_ratio_init"][0])
-        out.append(f"**γ and baselines (OPD+).** Lowest gradient variance at the SFT weights: "
-                   f"{best['divergence']} γ={best['gamma']:g} with baseline {best['baseline']}, "
-                   f"{fmt_ci(*best['var_ratio_init'], '.2f')} of γ=0 without baseline; highest: "
-                   f"{worst['divergence']} γ={worst['gamma']:g} with baseline {worst['baseline']}, "
-                   f"{fmt_ci(*worst['var_ratio_init'], '.2f')}.")
+        text = (f"**γ and baselines (OPD+).** Lowest gradient variance at the SFT weights: "
+                f"{best['divergence']} γ={best['gamma']:g} with baseline {best['baseline']}, "
+                f"{fmt_ci(*best['var_ratio_init'], '.2f')} of γ=0 without baseline; highest: "
+                f"{worst['divergence']} γ={worst['gamma']:g} with baseline {worst['baseline']}, "
+                f"{fmt_ci(*worst['var_ratio_init'], '.2f')}.")
+        g0_of = {(r["divergence"], r["baseline"]): r["var_ratio_init"][0] for r in gb_all
+                 if r["gamma"] == 0.0}
+        g1 = [r for r in gb if r["gamma"] == 1.0
+              and g0_of.get((r["divergence"], r["baseline"])) is not None]
+        if g1:
+            v = [r["var_ratio_init"][0] / g0_of[(r["divergence"], r["baseline"])] for r in g1]
+            reach = {g: [int(x) for r in gb_all if r["gamma"] == g for x in r["reached"].split("/")]
+                     for g in (0.0, 1.0)}
+            reach = {g: (sum(v2[0::2]), sum(v2[1::2])) for g, v2 in reach.items()}
+            text += (f" At the same baseline, γ = 1 multiplies it by {min(v):.1f} to "
+                     f"{max(v):.1f} ({len(g1)} divergence × baseline cells), and {reach[1.0][0]} of {reach[1.0][1]} γ = 1 runs reached the "
+                     f"target accuracy, against {reach[0.0][0]} of {reach[0.0][1]} at γ = 0")
+            if min(v) > 1 and reach[1.0][0] / reach[1.0][1] < reach[0.0][0] / reach[0.0][1]:
+                text += (": the exact future term is unbiased, but at this batch size its "
+                         "extra variance costs more than it brings")
+            text += "."
+        g0 = [r for r in gb if r["gamma"] == 0.0]
+        if g0:
+            text += (" At γ = 0 the baselines' variance ratios (SFT weights): "
+                     + "; ".join(f"{r['divergence']} {r['baseline']} "
+                                 f"{fmt_ci(*r['var_ratio_init'], '.2f')}" for r in g0)
+                     + ". A ratio whose interval contains 1 is no measured change.")
+        out.append(text)
     if meta.get("missing_runs"):
         out.append(f"**Incomplete.** {meta['runs_reported']} of {meta['runs_planned']} planned "
                    f"runs finished; the tables hold only those (missing: "
@@ -265,8 +383,7 @@ def reading(records: Sequence[Mapping], meta: Mapping) -> str:
     else:
         out.append(f"Profile {meta['profile']!r}, {meta['date']}: {meta['wall_s'] / 60:.0f} min "
                    f"wall on {meta['hardware']}; load average {meta['load_average_start'][0]:.1f} "
-                   f"at the start and {meta['load_average_end'][0]:.1f} at the end (the machine "
-                   "was shared).")
+                   f"at the start and {meta['load_average_end'][0]:.1f} at the end.")
     return "\n\n".join(out)
 
 

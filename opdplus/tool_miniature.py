@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing as mp
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .miniature import ARMS  # the same six arms as the math world
+from .pools import spawn_pool
 
 TASK = "tiny_tools"
 SUBDIR = "tools"
@@ -238,8 +238,7 @@ def run_all(profile: ToolProfile, out_root: Path,
     jobs += [("arm", d, e, s, profile, out_root) for s in profile.seeds for d, e in arms]
     if profile.workers <= 1:
         return [_job(j) for j in jobs]
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(profile.workers, maxtasksperchild=4) as pool:
+    with spawn_pool(profile.workers, maxtasksperchild=4) as pool:
         return list(pool.imap(_job, jobs))
 
 

@@ -331,7 +331,8 @@ PERF = "benchmarks/results/summary.json"
 _PERF_NAMES = {"opd_logits": "opdplus, full-vocabulary JSD (`loss=\"logits\"`)",
                "opd_pg": "opdplus, sampled-token OPD+ (`loss=\"pg\"`)",
                "trl_gkd": "TRL `GKDTrainer` (λ = 1)", "trl_distill": "TRL `DistillationTrainer`",
-               "bare": "bare compute (generate + teacher forward + student forward/backward)"}
+               "bare": "bare compute (generate + teacher forward + student forward/backward)",
+               "floor": "floor: the bare compute with completion-only logits"}
 # (summary key, what it compares, target, True when smaller is better)
 _PERF_TARGETS = (
     ("tokens_per_s_ratio_vs_gkd", "tokens/s, ours ÷ `GKDTrainer`", 2.0, False),
@@ -343,6 +344,14 @@ _PERF_TARGETS = (
      0.25, True),
     ("fullvocab_time_ratio", "full-vocabulary JSD time, chunked ÷ naive (V = {V:,}, T = {T:,})",
      1.2, True),
+)
+# Context without a target: how close the floor (completion-only logits, no loss) lets anyone get.
+_PERF_CEILING = (
+    ("overhead_vs_floor", "seconds per token, ours ÷ the floor"),
+    ("ceiling_vs_gkd", "tokens/s, the floor ÷ `GKDTrainer` (the most a trainer built on "
+                       "`generate` could gain)"),
+    ("ceiling_vs_distill", "tokens/s, the floor ÷ `DistillationTrainer` (the most a trainer "
+                           "built on `generate` could gain)"),
 )
 
 
@@ -385,6 +394,23 @@ def block_performance() -> Optional[str]:
         met = v <= target if smaller else v >= target
         rows.append(f"| {what} | {_rng(spread)} | {'≤' if smaller else '≥'} {target:g} | "
                     f"{'yes' if met else '**no**'} |")
+    for key, what in _PERF_CEILING:
+        if key in ranges:
+            rows.append(f"| {what} | {_rng(ranges[key])} | – | – |")
+    beyond = []
+    for key, ceiling, name in (("tokens_per_s_ratio_vs_gkd", "ceiling_vs_gkd", "`GKDTrainer`"),
+                               ("tokens_per_s_ratio_vs_distill", "ceiling_vs_distill",
+                                "`DistillationTrainer`")):
+        target = next(t for k, _, t, _ in _PERF_TARGETS if k == key)
+        c = ranges.get(ceiling)
+        if c is not None and c["max"] < target:
+            beyond.append(f"the {target:g}× target over {name} (the floor itself reaches "
+                          f"{c['median']:.2f}×, at most {c['max']:.2f}× in any round)")
+    if beyond:
+        rows += ["", "Out of reach, on this machine, for any trainer that samples with "
+                 "transformers' `generate` and then runs the teacher's forward and the student's "
+                 "forward and backward: " + " and ".join(beyond) + ". Only a faster sampler or "
+                 "faster kernels could get there."]
     hw, st, la = s["hardware"], s["settings"], s.get("loadavg_1min")
     rows += ["", f"Measured by `make bench` on {hw.get('cpu_model', hw['machine'])} "
              f"({hw['cpu_count']} cores), torch {hw['torch']}, transformers "
@@ -393,11 +419,12 @@ def block_performance() -> Optional[str]:
              f"{st['rounds']} interleaved rounds of one warm-up and {st['timed_steps_per_run']} "
              f"timed step(s) per process; ratios of {clock} time"
              + (f"; load average {la['median']:.1f} [{la['min']:.1f}–{la['max']:.1f}] during the "
-                f"runs, so absolute times are inflated and only same-round ratios mean much"
+                "runs" + (", so absolute times are inflated and only same-round ratios mean much"
+                          if la["median"] > 0.75 * hw["cpu_count"] else "")
                 if la else "")
              + f". The whole benchmark took {s['wall_s'] / 60:.0f} minutes"
              + ("" if s.get("complete", True) else " (interrupted: later stages missing)")
-             + ". " + ("No GPU was lent for these numbers; `make bench-gpu` has not been run."
+             + ". " + ("These numbers are from the CPU; `make bench-gpu` has not been run on a GPU yet."
                        if not s.get("gpu_lent") else "")]
     return "\n".join(rows)
 

@@ -29,17 +29,21 @@ def _rec(name, rnd, step_s, tokens, peak):
 def test_ratios_are_taken_within_each_round_then_summarised():
     runs = [
         _rec("opd_logits", 0, 2.0, 100, 300.0), _rec("trl_gkd", 0, 4.0, 100, 600.0),
-        _rec("bare", 0, 1.0, 50, 200.0),
+        _rec("bare", 0, 1.0, 50, 200.0), _rec("floor", 0, 0.8, 50, 180.0),
         # round 1: the machine is twice as slow for everyone; the ratios must not move
         _rec("opd_logits", 1, 4.0, 100, 300.0), _rec("trl_gkd", 1, 8.0, 100, 600.0),
-        _rec("bare", 1, 2.0, 50, 200.0),
+        _rec("bare", 1, 2.0, 50, 200.0), _rec("floor", 1, 1.6, 50, 180.0),
     ]
-    out = run_bench.step_ratios(runs, ["opd_logits", "trl_gkd", "bare"])
+    out = run_bench.step_ratios(runs, ["opd_logits", "trl_gkd", "bare", "floor"])
     r = out["ratios"]
     assert r["tokens_per_s_ratio_vs_gkd"] == {"median": 2.0, "min": 2.0, "max": 2.0, "n": 2}
     assert r["peak_mem_ratio_vs_gkd"]["median"] == 0.5
     # seconds per token: ours 0.02 and 0.04, bare 0.02 and 0.04 -> overhead 1 in both rounds
     assert r["overhead_vs_bare"]["median"] == pytest.approx(1.0)
+    # the floor: 0.016 and 0.032 s per token -> ours 1.25x it; it runs 2.5x GKD's tokens/s
+    assert r["overhead_vs_floor"]["median"] == pytest.approx(1.25)
+    assert r["ceiling_vs_gkd"]["median"] == pytest.approx(2.5)
+    assert "ceiling_vs_distill" not in r  # no DistillationTrainer run, no ratio invented
     assert out["contenders"]["trl_gkd"]["s_per_step"] == {"median": 6.0, "min": 4.0, "max": 8.0,
                                                           "n": 2}
     assert out["contenders"]["bare"]["mem_added_by_training_mb"]["median"] == 100.0
@@ -69,11 +73,17 @@ def test_smoke_benchmark_writes_every_summary_key(tmp_path, one_thread):
     assert summary["settings"]["sizes"]["smoke"]["prompts"] == 2
     assert summary["gpu_lent"] is False
     steps = json.loads((tmp_path / "steps_smoke.json").read_text())
-    assert sorted({r["contender"] for r in steps["runs"]}) == ["bare", "opd_logits", "opd_pg"]
+    assert sorted({r["contender"] for r in steps["runs"]}) == ["bare", "floor", "opd_logits",
+                                                               "opd_pg"]
     for r in steps["runs"]:
         assert len(r["step_s"]) == 1 and r["tokens"][0] > 0 and r["peak_mem_mb"] > 0
     bare = [r for r in steps["runs"] if r["contender"] == "bare"][0]
     assert bare["tokens"] == [2 * 4]  # EOS suppressed: every row has max_new_tokens tokens
+    # the floor keeps only the completion's logits: same seed, same tokens, the same loss
+    floor = [r for r in steps["runs"] if r["contender"] == "floor"][0]
+    assert floor["tokens"] == bare["tokens"]
+    assert floor["loss"][0] == pytest.approx(bare["loss"][0], rel=1e-5)
+    assert summary["overhead_vs_floor"] > 0
     fv = json.loads((tmp_path / "fullvocab.json").read_text())
     assert {r["mode"] for r in fv["512"]["runs"]} == {"chunked", "naive"}
     # both modes compute the same divergence of the same logits

@@ -162,6 +162,24 @@ def test_mean_ci_is_the_t_interval_over_seeds():
     assert rep.mean_ci([0.5]) == (0.5, None, None) and rep.mean_ci([None]) == (None, None, None)
 
 
+def test_intervals_stay_inside_the_quantitys_range():
+    # three seeds of an accuracy near 0: the t interval reaches below 0, the cut one does not
+    m, lo, hi = rep.mean_ci([0.0, 0.0, 0.09])
+    assert lo < 0
+    m2, lo2, hi2 = rep.mean_ci([0.0, 0.0, 0.09], 0.0, 1.0)
+    assert (m2, hi2) == (m, hi) and lo2 == 0.0
+    assert rep.mean_ci([0.98, 1.0, 0.9], 0.0, 1.0)[2] == 1.0
+
+
+def test_ratios_average_geometrically():
+    g, lo, hi = rep.ratio_ci([2.0, 0.5])
+    assert g == pytest.approx(1.0) and 0 < lo < 1 < hi
+    assert lo * hi == pytest.approx(1.0)  # symmetric on the log scale
+    g, lo, hi = rep.ratio_ci([700.0, 0.3, 2.0])  # one wild seed: positive, not [-2218, 3639]
+    assert g == pytest.approx((700 * 0.3 * 2.0) ** (1 / 3)) and lo > 0
+    assert rep.ratio_ci([None, 4.0]) == (pytest.approx(4.0), None, None)
+
+
 def _records():
     refs = {"sft-init": {"validation": {"accuracy": 0.3}}, "teacher": {"validation": {"accuracy": 0.9}}}
     runs = []
@@ -192,6 +210,27 @@ def test_tables_report_agreement_intervals_and_variance_ratios():
     assert "| forward_kl | opd | 1 | 1 | collapse | 3/3 collapsed | 3/3 |" in tables["stability"]
     assert "| forward_kl | -2 | -1 | opd | stable | 0/3 collapsed |" in tables["shift"]
     assert "| jsd | 0 | loo | 3/3 | 10 [10, 10] | 0.350 [0.350, 0.350] |" in tables["gamma_baseline"]
+
+
+def test_reading_counts_collapses_by_the_sign_of_the_slope_and_states_gammas_cost():
+    recs = _records()
+    meta = {"profile": "test", "date": "d", "wall_s": 60.0, "hardware": "x86_64, 2 CPUs, 1 worker",
+            "load_average_start": [0.5], "load_average_end": [1.0]}
+    text = rep.reading(recs, meta)
+    # forward KL OPD (f'(1) = 1) collapsed in 3 of 3 seeds; the c = -2 shift (f'(1) = -1) in none
+    assert "f′(1) > 0: 3 of 3; f′(1) < 0: 0 of 3." in text
+    assert "decided every run" in text
+    # gamma = 1 at the same baseline: seed s has variance (20 + s) / (10 + s) times gamma = 0's
+    # without baseline, (5 + s) / (2.5 + s) with one: geometric means 1.91 and 1.75
+    assert "γ = 1 multiplies it by 1.7 to 1.9 (3 divergence × baseline cells)" in text
+    assert "6 of 9 γ = 1 runs reached the target accuracy, against 6 of 9 at γ = 0." in text
+    assert "costs more than it brings" not in text  # it reached the target as often
+    slower = [{**r, "steps_to_target": None} if r.get("gamma") == 1.0 else r for r in recs]
+    assert "0 of 9 γ = 1 runs" in rep.reading(slower, meta)
+    assert "costs more than it brings" in rep.reading(slower, meta)
+    # with a collapse where f'(1) < 0, the argument did not decide every run: no such claim
+    flipped = [{**r, "collapsed": True} if r["experiment"] == "shift" else r for r in recs]
+    assert "decided every run" not in rep.reading(flipped, meta)
 
 
 def test_report_is_self_contained_with_interactive_map(tmp_path):

@@ -3,7 +3,10 @@
 Each test pins a behaviour whose one-line corruption passed every other fast test:
 which EOS ids generation stops at, a frozen teacher, the wall-clock checkpoint interval,
 the progress bar's silence when quiet, the evaluation's default temperature, and the chat
-prompt's generation header, clean decoded completions, GSM8K's default split.
+prompt's generation header, clean decoded completions, GSM8K's default split; and the three
+left as follow-ups the first time: the resumed-config comparison over the union of keys, the
+sample-text log's guard when no tokenizer is given, the ``history.json`` name in the "steps
+lost" message.
 
 Survivors of that sample (data/reference/mutation/after_records.json) accepted, not killed:
 - equivalent: a sentinel 10**9 -> 10**10 for "no length cap"; a stats key renamed in a
@@ -13,12 +16,10 @@ Survivors of that sample (data/reference/mutation/after_records.json) accepted, 
 - GPU or multi-process only, checked by the GPU tests and the two-process test (not in
   the fast list): the CUDA RNG key of a checkpoint, ``Accelerator(cpu=...)`` on a machine
   without a GPU, the fp16 overflow flag, the broadcast checkpoint decision;
-- not observable without a power cut: which directories are fsynced after a checkpoint;
-- left as follow-ups: the resumed-config comparison over the union of keys, the sample-text
-  log's guard when no tokenizer is given, the ``history.json`` name in the "steps lost"
-  message (checked by the slow CLI test only).
+- not observable without a power cut: which directories are fsynced after a checkpoint.
 """
 
+import math
 import time
 from types import SimpleNamespace
 
@@ -134,3 +135,37 @@ def test_load_gsm8k_reads_the_test_split_by_default(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     assert evaluation.load_gsm8k() == [{"question": "q test", "answer": "#### 1"}]
     assert calls == [("openai/gsm8k", "main", "test")]
+
+
+def test_resume_refuses_a_key_present_on_one_side_only(tmp_path):
+    now = TrainConfig(steps=4)
+    saved = now.to_dict()
+    trainer._check_resumable(dict(saved), now, tmp_path)  # same config: resumes
+    older = {k: v for k, v in saved.items() if k != "gamma"}  # a checkpoint without the key
+    with pytest.raises(trainer.CheckpointError, match="gamma"):
+        trainer._check_resumable(older, TrainConfig(steps=4, gamma=1.0), tmp_path)
+    with pytest.raises(trainer.CheckpointError, match="from_the_future"):
+        trainer._check_resumable({**saved, "from_the_future": 1}, now, tmp_path)
+    changed = {**saved, "steps": 2}  # steps may change when resuming (RESUMABLE_CHANGES)
+    assert "steps" in trainer.RESUMABLE_CHANGES
+    trainer._check_resumable(changed, now, tmp_path)
+
+
+def test_no_checkpoint_message_counts_the_steps_in_history_json(tmp_path):
+    cfg = TrainConfig(steps=10, checkpoint_every=5, checkpoint_minutes=15)
+    assert "lost" not in trainer._no_checkpoint_message(tmp_path, cfg)
+    trainer.History([{"step": i} for i in range(3)]).save(tmp_path / "history.json")
+    msg = trainer._no_checkpoint_message(tmp_path, cfg)
+    assert "records 3 finished step(s)" in msg and "checkpoint_every=5" in msg
+
+
+def test_a_step_without_a_tokenizer_logs_no_sample_text():
+    teacher = models.peaky_teacher(V, seed=1, **IDS)
+    student = models.tiny_causal_lm("llama", V, hidden_size=16, num_layers=1, seed=2, **IDS)
+    cfg = TrainConfig(steps=1, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=4,
+                      checkpoint_every=0, checkpoint_minutes=0)
+    state = trainer.setup(student, teacher, TOK, ["w3 w4", "w5"], cfg)
+    assert "sample" in trainer.train_step(state, 0)
+    state.tokenizer = None
+    rec = trainer.train_step(state, 1)
+    assert "sample" not in rec and math.isfinite(rec["loss"])
