@@ -355,6 +355,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "bare": "generate (KV cache, EOS suppressed) + teacher forward + student forward, "
                 "cross-entropy, backward (full logits) + fused AdamW",
         "floor": "bare with logits only at the completion positions (logits_to_keep)",
+        "eos": "bare and floor suppress EOS (every row has max_new_tokens tokens); opdplus and "
+               "TRL stop a row at EOS. At SmolLM2 size rows rarely end early, so tokens per step "
+               "match; the tiny world's answers end early, so there compare s/step, not tokens/s",
         "fullvocab": {"vocabs": a.vocabs, "positions": a.positions, "rounds": a.fullvocab_rounds},
         "interleaving": "each run its own process; order rotated every round",
         "clock": CLOCK,

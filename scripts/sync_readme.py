@@ -304,13 +304,15 @@ def block_study_tables() -> Optional[str]:
 
     t = rep.format_tables(recs)
     return "\n".join([
-        "**1. Stability map** (mean over seeds with a 95% t interval; teacher KL is "
+        "**1. Stability map** (mean over seeds with a 95% t interval, cut to the quantity's "
+        "range; teacher KL is "
         "KL(student‖teacher) per token on the run's rollouts):", "", t["stability"], "",
         "**2. Generator shift**, exactly at one state first (expected-gradient dynamics):", "",
         rep.format_toy(meta["toy_shift"]), "", "then in the tiny world:", "", t["shift"], "",
         "**3. γ × baseline under OPD+** (steps to reach SFT + "
         f"{meta['target_fraction']:g} × (teacher − SFT) validation accuracy; gradient variance "
-        "as a ratio to γ = 0 without baseline, same seed, weights and rollouts):", "",
+        "as a ratio to γ = 0 without baseline, same seed, weights and rollouts, as a geometric "
+        "mean over seeds):", "",
         t["gamma_baseline"]])
 
 
