@@ -13,8 +13,8 @@ unless said otherwise):
 - ``trl_gkd``: TRL ``GKDTrainer`` with ``lmbda=1`` (every step on-policy), gradient
   checkpointing off (with it on, GKD also drops the KV cache in generation);
 - ``trl_distill``: TRL ``DistillationTrainer``, gradient checkpointing off;
-- ``bare``: the bare compute, plain transformers calls: ``generate`` with the KV cache (exactly
-  ``max_new_tokens`` tokens, EOS suppressed), the teacher's forward, the student's forward,
+- ``bare``: the bare compute, plain transformers calls: ``generate`` with the KV cache (a row
+  ends at EOS, as in every contender), the teacher's forward, the student's forward,
   cross-entropy and backward (full logits at every position), one fused AdamW step.
 - ``floor``: the same three passes with logits only where a loss needs them (the completion
   positions, ``logits_to_keep``) and nothing else. No trainer that runs ``generate``, a teacher
@@ -242,6 +242,15 @@ def run_trl(name, size, teacher, student, tok, prompts, steps, dtype) -> Dict:
             "step_cpu_s": _diffs(clock.c_first, clock.cpu), "tokens": tokens[1:], "split": {}}
 
 
+def completion_live(comp_BT, eos_ids):
+    """(B, T) bool: the sampled tokens up to and including each row's first EOS (the padding
+    ``generate`` adds after a row ends is not a token), the convention of every contender."""
+    import torch
+
+    is_eos = torch.isin(comp_BT, eos_ids).long()
+    return (is_eos.cumsum(1) - is_eos) == 0
+
+
 def run_bare(name, size, teacher, student, tok, prompts, steps, dtype) -> Dict:
     """The bare compute of one step, with plain transformers calls; see the module docstring.
 
@@ -256,6 +265,8 @@ def run_bare(name, size, teacher, student, tok, prompts, steps, dtype) -> Dict:
     tok.padding_side = "left"
     enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
     P = enc["input_ids"].shape[1]
+    eos = student.generation_config.eos_token_id
+    eos = torch.tensor([eos] if isinstance(eos, int) else list(eos), device=device)
     student.train(False)
     student.requires_grad_(True)
     opt = fused_adamw(student.parameters(), LR)
@@ -268,10 +279,10 @@ def run_bare(name, size, teacher, student, tok, prompts, steps, dtype) -> Dict:
         t0, c0 = time.perf_counter(), time.process_time()
         with torch.no_grad(), autocast:
             seq = student.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                                   max_new_tokens=size.max_new_tokens,
-                                   min_new_tokens=size.max_new_tokens, use_cache=True,
+                                   max_new_tokens=size.max_new_tokens, use_cache=True,
                                    pad_token_id=tok.pad_token_id)
-        attn = torch.cat([enc["attention_mask"], torch.ones_like(seq[:, P:])], 1)
+        live = completion_live(seq[:, P:], eos)
+        attn = torch.cat([enc["attention_mask"], live.long()], 1)
         t1 = time.perf_counter()
         T = seq.shape[1] - P
         keep = {"logits_to_keep": T + 1} if name == "floor" else {}
@@ -281,7 +292,7 @@ def run_bare(name, size, teacher, student, tok, prompts, steps, dtype) -> Dict:
         with autocast:
             logits = student(input_ids=seq, attention_mask=attn, **keep).logits
             loss = F.cross_entropy(logits[:, -T - 1:-1].float().flatten(0, 1),
-                                   seq[:, P:].flatten())
+                                   seq[:, P:].masked_fill(~live, -100).flatten())
         loss.backward()
         t3 = time.perf_counter()
         opt.step()
@@ -290,7 +301,7 @@ def run_bare(name, size, teacher, student, tok, prompts, steps, dtype) -> Dict:
         if i:
             out["step_s"].append(t4 - t0)
             out["step_cpu_s"].append(time.process_time() - c0)
-            out["tokens"].append(int(seq[:, P:].numel()))
+            out["tokens"].append(int(live.sum()))
             out["loss"].append(float(loss.detach()))
             for k, v in zip(("generate", "teacher", "student", "adamw"),
                             (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):

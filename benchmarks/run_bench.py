@@ -308,7 +308,7 @@ def print_ratios(summary: Dict) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", nargs="+", default=["smollm2", "tiny"], choices=tuple(SIZES))
-    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds per size")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per size")
     ap.add_argument("--steps", type=int, default=1, help="timed steps per run, after a warm-up")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
     ap.add_argument("--device", default="cpu")
@@ -352,12 +352,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "warmup_steps_per_run": 1, "optimizer": "AdamW (fused where torch has it), lr 1e-5",
         "trl": "GKDTrainer lmbda=1 beta=0.5; DistillationTrainer beta=0.5; both "
                "gradient_checkpointing=False, optim=adamw_torch_fused, no logging or saving",
-        "bare": "generate (KV cache, EOS suppressed) + teacher forward + student forward, "
-                "cross-entropy, backward (full logits) + fused AdamW",
+        "bare": "generate (KV cache) + teacher forward + student forward, cross-entropy, "
+                "backward (full logits) + fused AdamW",
         "floor": "bare with logits only at the completion positions (logits_to_keep)",
-        "eos": "bare and floor suppress EOS (every row has max_new_tokens tokens); opdplus and "
-               "TRL stop a row at EOS. At SmolLM2 size rows rarely end early, so tokens per step "
-               "match; the tiny world's answers end early, so there compare s/step, not tokens/s",
+        "eos": "every contender ends a row at its first EOS and counts the tokens up to and "
+               "including it",
         "fullvocab": {"vocabs": a.vocabs, "positions": a.positions, "rounds": a.fullvocab_rounds},
         "interleaving": "each run its own process; order rotated every round",
         "clock": CLOCK,

@@ -49,6 +49,16 @@ def test_ratios_are_taken_within_each_round_then_summarised():
     assert out["contenders"]["bare"]["mem_added_by_training_mb"]["median"] == 100.0
 
 
+def test_bare_compute_counts_tokens_up_to_the_first_eos():
+    import torch
+
+    contenders = importlib.import_module("contenders")
+    comp = torch.tensor([[5, 6, 2, 0, 0], [5, 2, 2, 2, 2], [5, 6, 7, 8, 9], [2, 0, 0, 0, 0]])
+    live = contenders.completion_live(comp, torch.tensor([2, 0]))  # EOS 2; pad 0 is an EOS too
+    assert live.tolist() == [[True, True, True, False, False], [True, True, False, False, False],
+                             [True] * 5, [True, False, False, False, False]]
+
+
 def test_rounds_rotate_the_order():
     assert run_bench._rotations("ABC", 4) == [list("ABC"), list("BCA"), list("CAB"), list("ABC")]
 
@@ -78,7 +88,7 @@ def test_smoke_benchmark_writes_every_summary_key(tmp_path, one_thread):
     for r in steps["runs"]:
         assert len(r["step_s"]) == 1 and r["tokens"][0] > 0 and r["peak_mem_mb"] > 0
     bare = [r for r in steps["runs"] if r["contender"] == "bare"][0]
-    assert bare["tokens"] == [2 * 4]  # EOS suppressed: every row has max_new_tokens tokens
+    assert 0 < bare["tokens"][0] <= 2 * 4  # rows end at EOS, as in every contender
     # the floor keeps only the completion's logits: same seed, same tokens, the same loss
     floor = [r for r in steps["runs"] if r["contender"] == "floor"][0]
     assert floor["tokens"] == bare["tokens"]
