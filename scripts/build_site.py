@@ -15,8 +15,10 @@ offline with no kernel:
   ``site/plotly.min.js`` and loaded by every page. plotly's own sliders, dropdowns and frames
   live in the figure JSON, so they keep working in the page;
 - **no CDN**: the template drops require.js (it would also capture ``Plotly`` as an AMD
-  module), MathJax and mermaid, which nbconvert loads from the internet; formulas stay readable
-  as TeX source;
+  module) and mermaid, which nbconvert loads from the internet. Formulas are typeset by
+  MathJax 2.7 from the site itself: the files the pages need (TeX input, HTML-CSS output,
+  the STIX-Web fonts, about 3 MB) are copied once into ``site/mathjax/`` from the
+  ``jupyter-server-mathjax`` package (a dependency, Apache-2.0 MathJax inside);
 - **ipywidgets** need a live kernel: their outputs become a short note saying so, instead of
   a widget manager loaded from a CDN that would draw an empty box.
 
@@ -55,7 +57,19 @@ TEMPLATE = r"""{%- extends 'lab/index.html.j2' -%}
 {%- block html_head_js_requirejs -%}
 <script src="{{ resources.plotly_js }}"></script>
 {%- endblock -%}
-{%- block html_head_js_mathjax -%}{%- endblock -%}
+{%- block html_head_js_mathjax -%}
+<script type="text/x-mathjax-config">
+MathJax.Hub.Config({
+  tex2jax: {inlineMath: [["$", "$"], ["\\(", "\\)"]],
+            displayMath: [["$$", "$$"], ["\\[", "\\]"]],
+            processEscapes: true, processEnvironments: true},
+  "HTML-CSS": {availableFonts: [], imageFont: null, preferredFont: null, webFont: "STIX-Web",
+               linebreaks: {automatic: true}},
+  displayAlign: "center", messageStyle: "none", showMathMenu: false
+});
+</script>
+<script src="{{ resources.mathjax_js }}?config=TeX-AMS-MML_HTMLorMML-full,Safe"></script>
+{%- endblock -%}
 {%- block html_head_js_mermaidjs -%}{%- endblock -%}
 {%- block jupyter_widgets -%}{%- endblock -%}
 {%- block body_header -%}
@@ -75,6 +89,36 @@ td, th {{ border: 1px solid #ccc; padding: 4px 8px; text-align: left; vertical-a
 code {{ background: #f4f4f4; }}</style></head>
 <body>{body}</body></html>
 """
+
+
+MATHJAX_PARTS = ("MathJax.js", "LICENSE", "config", "jax/input", "jax/element",
+                 "jax/output/HTML-CSS", "extensions/TeX", "extensions/tex2jax.js",
+                 "extensions/MathEvents.js", "extensions/MathMenu.js", "extensions/MathZoom.js",
+                 "extensions/Safe.js", "extensions/HTML-CSS", "fonts/HTML-CSS/STIX-Web",
+                 "localization/en")
+"""What the pages load from MathJax (everything else in the package is left out)."""
+
+
+def copy_mathjax(out: Path) -> Path:
+    """Copy ``MATHJAX_PARTS`` of the installed ``jupyter_server_mathjax`` into ``out/mathjax``;
+    returns the folder. The package is found without importing it (it imports a server)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("jupyter_server_mathjax")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("the static site needs jupyter-server-mathjax (pip install -e .)")
+    src = Path(list(spec.submodule_search_locations)[0]) / "static"
+    dst = out / "mathjax"
+    for part in MATHJAX_PARTS:
+        s, d = src / part, dst / part
+        if s.is_dir():
+            shutil.copytree(s, d, dirs_exist_ok=True)
+        elif s.is_file():
+            d.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(s, d)
+        else:
+            raise SystemExit(f"jupyter-server-mathjax has no {part}: an unexpected version")
+    return dst
 
 
 def _figure_html(fig: dict, div_id: str) -> str:
@@ -137,6 +181,7 @@ def build(notebooks: Sequence[Path], out: Path, docs: Path = ROOT / "docs") -> d
 
     shutil.copy(Path(plotly.__file__).parent / "package_data" / "plotly.min.js",
                 out / "plotly.min.js")
+    copy_mathjax(out)
     exporter = _exporter()
     times = load_times().get("notebooks", {})
     rows: List[str] = []
@@ -152,7 +197,8 @@ def build(notebooks: Sequence[Path], out: Path, docs: Path = ROOT / "docs") -> d
         executed.unlink()
         n = prepare(nb, stem)
         body, _ = exporter.from_notebook_node(
-            nb, resources={"plotly_js": "plotly.min.js", "index": "index.html", "docs": "docs/",
+            nb, resources={"plotly_js": "plotly.min.js", "mathjax_js": "mathjax/MathJax.js",
+                           "index": "index.html", "docs": "docs/",
                            "metadata": {"name": stem}})
         (out / f"{stem}.html").write_text(body)
         summary["pages"].append(f"{stem}.html")

@@ -8,7 +8,9 @@ fixture notebook with one slider, so the check works whatever state the notebook
 Then headless Chromium (Debian's, as in test_browser.py) opens ``index.html`` from
 ``file://`` with every non-file request refused, follows the link to the page, finds the
 figures, clicks a slider's rail at its far end, and checks that the plotted data changed; a figure left alone must not
-change (the check can fail). Screenshots go to ``test-artifacts/site/``.
+change (the check can fail). It also waits for MathJax, loaded from the site's own files, to
+typeset every display formula, and fails on any file the page asked for and did not find.
+Screenshots go to ``test-artifacts/site/``.
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ def fixture_notebook(path: Path) -> Path:
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
                                  "language": "python"}
     nb.cells = [nbformat.v4.new_markdown_cell("# 00 fixture: one plotly slider\n"
-                                              "See [the cheat sheet](../docs/cheatsheet.md)."),
+                                              "See [the cheat sheet](../docs/cheatsheet.md).\n\n"
+                                              "$$D_f = \\mathbb{E}_{a\\sim p}[f(u)]$$"),
                 nbformat.v4.new_code_cell(SLIDER_NB),
                 nbformat.v4.new_code_cell("import ipywidgets\nipywidgets.IntSlider()")]
     nbformat.write(nb, path)
@@ -107,7 +110,10 @@ def test_static_site_works_offline_and_its_plotly_slider_moves(tmp_path: Path):
     page_name = f"{nb.stem}.html"
     assert summary["pages"][:2] == ["index.html", page_name] and summary["figures"] >= 1
     text = (out / page_name).read_text()
-    assert "require.js" not in text and "mathjax" not in text.lower()
+    assert "require.js" not in text and "cdnjs" not in text and "cdn.jsdelivr" not in text
+    assert text.count('src="mathjax/MathJax.js?') == 1, "MathJax is loaded from the site"
+    n_display = sum(c.source.count("$$") // 2 for c in nbformat.read(nb, as_version=4).cells
+                    if c.cell_type == "markdown")  # display formulas in the notebook's text
     assert text.count('src="plotly.min.js"') == 1, "plotly.js is loaded once, from the site"
 
     refused = []
@@ -124,11 +130,18 @@ def test_static_site_works_offline_and_its_plotly_slider_moves(tmp_path: Path):
                     route.abort()
 
             page.route("**/*", only_files)
-            errors = []
+            errors, failed = [], []
             page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("requestfailed", lambda r: failed.append(r.url))
             page.goto((out / "index.html").as_uri())
             page.locator(f"a[href='{page_name}']").first.click()
             page.wait_for_selector(f".js-plotly-plot {DATA} path.js-line", timeout=30000)
+            assert n_display >= 1, "the page should have a formula to typeset"
+            page.wait_for_function(  # MathJax typeset every display formula, from local files
+                "n => document.querySelectorAll('.MathJax_Display').length >= n",
+                arg=n_display, timeout=30000)
+            assert page.locator(".MathJax_Display .merror, .MathJax .merror").count() == 0
+            print(f"{n_display} display formula(s) typeset by the site's MathJax")
             figures = page.locator(".js-plotly-plot")
             slider_figs = page.locator(".js-plotly-plot:has(.slider-container)")
             print(f"\n{page_name}: {figures.count()} figures, {slider_figs.count()} with a "
@@ -160,3 +173,9 @@ def test_static_site_works_offline_and_its_plotly_slider_moves(tmp_path: Path):
         finally:
             browser.close()
     assert refused == [], f"the page tried to reach the network: {refused[:5]}"
+    # MathJax probes for its TeX fonts (an about:blank @font-face and the TeX AMS font) before
+    # it settles on the STIX-Web fonts the site ships; the package has no TeX fonts. The
+    # formulas are typeset all the same (checked above); any other miss is a missing file.
+    probes = ("about:blank", "/mathjax/fonts/HTML-CSS/TeX/")
+    missing = [u for u in failed if not any(p in u for p in probes)]
+    assert missing == [], f"files the page asked for are missing from the site: {missing[:5]}"
