@@ -27,7 +27,6 @@ silent. Quiet when stderr is not a terminal (tests, nbval) or ``OPDPLUS_QUIET`` 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -99,17 +98,16 @@ def train_config(profile: Profile, divergence: str, estimator: str, seed: int):
 
 
 def fingerprint() -> str:
-    """Hash of the package's code and the shipped checkpoints: a stored arm is reused only if
-    neither changed (after a code fix, ``make reproduce`` retrains rather than reprint)."""
+    """Hash of the code an arm runs (``codehash.closure`` of this module: the package modules
+    it imports, directly or not) and the shipped checkpoints: a stored arm is reused only if
+    neither changed (after a code fix, ``make reproduce`` retrains rather than reprint; an
+    edit to a plotting helper it never imports retrains nothing)."""
     from . import tinyworld
+    from .codehash import code_hash
 
-    h = hashlib.sha256()
-    for p in sorted(Path(__file__).parent.glob("*.py")):
-        h.update(p.name.encode())
-        h.update(p.read_bytes())
-    for role in ("teacher", "student"):
-        h.update((tinyworld.data_dir() / role / "model.safetensors").read_bytes())
-    return h.hexdigest()[:16]
+    return code_hash(("miniature",), extra=[
+        (tinyworld.data_dir() / role / "model.safetensors").read_bytes()
+        for role in ("teacher", "student")])
 
 
 def _jsonable(x):

@@ -119,29 +119,24 @@ RUN_VERSION = 1
 RUN_MODULES = ("config", "divergences", "estimators", "step", "trainer",
                "sampler", "scoring", "prompts", "evaluation", "tinyworld", "tasks", "grading",
                "checkpoint", "fieldtypes", "toy", "models", "rollout", "tooluse")
-"""The library modules a run's numbers depend on. The study's own modules are versioned by
-``RUN_VERSION`` instead, so editing the plan's text or the report reuses every run."""
+"""The library modules a run's numbers depend on (with everything they import, followed by
+``codehash.closure``). The study's own modules are versioned by ``RUN_VERSION`` instead, so
+editing the plan's text or the report reuses every run."""
 RUN_PROFILE_FIELDS = ("steps", "prompts_per_step", "samples_per_prompt", "max_new_tokens", "lr",
                       "clip_log_u", "eval_every", "val_problems", "test_problems",
                       "variance_repeats", "variance_prompts")
 
 
 def fingerprint() -> str:
-    """Hash of the run-relevant code (``RUN_MODULES``, ``RUN_VERSION``) and the shipped
-    checkpoints: a stored run is reused only if neither changed."""
-    import hashlib
-
+    """Hash of the run-relevant code (``RUN_MODULES`` and every package module they import,
+    ``codehash.closure``), ``RUN_VERSION`` and the shipped checkpoints: a stored run is
+    reused only if none of them changed."""
     from . import tinyworld
+    from .codehash import code_hash
 
-    h = hashlib.sha256(f"study-run-v{RUN_VERSION}".encode())
-    here = Path(__file__).parent
-    for m in RUN_MODULES:
-        p = here / f"{m}.py"
-        h.update(m.encode())
-        h.update(p.read_bytes() if p.exists() else b"")
-    for role in ("teacher", "student"):
-        h.update((tinyworld.data_dir() / role / "model.safetensors").read_bytes())
-    return h.hexdigest()[:16]
+    return code_hash(RUN_MODULES, extra=[f"study-run-v{RUN_VERSION}".encode()] + [
+        (tinyworld.data_dir() / role / "model.safetensors").read_bytes()
+        for role in ("teacher", "student")])
 
 
 def _settings(profile: plan.StudyProfile, spec: RunSpec) -> dict:

@@ -22,7 +22,6 @@ settings and code (``fingerprint``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -112,16 +111,14 @@ def train_config(profile: ToolProfile, divergence: str, estimator: str, seed: in
 
 
 def fingerprint() -> str:
-    """Hash of the package's code and the shipped tool-world checkpoints."""
+    """Hash of the code a tool-world arm runs (``codehash.closure`` of this module) and the
+    shipped tool-world checkpoints."""
     from . import tinytools
+    from .codehash import code_hash
 
-    h = hashlib.sha256()
-    for p in sorted(Path(__file__).parent.glob("*.py")):
-        h.update(p.name.encode())
-        h.update(p.read_bytes())
-    for role in ("teacher", "student"):
-        h.update((tinytools.default_data_dir() / role / "model.safetensors").read_bytes())
-    return h.hexdigest()[:16]
+    return code_hash(("tool_miniature",), extra=[
+        (tinytools.default_data_dir() / role / "model.safetensors").read_bytes()
+        for role in ("teacher", "student")])
 
 
 def _jsonable(x):
