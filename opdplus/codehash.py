@@ -14,9 +14,10 @@ keeps it that way.
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 from pathlib import Path
-from typing import Iterable, List, Set
+from typing import Iterable, List, Set, Tuple
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 PACKAGE = PACKAGE_DIR.name
@@ -77,4 +78,17 @@ def code_hash(roots: Iterable[str], extra: Iterable[bytes] = ()) -> str:
     return h.hexdigest()[:16]
 
 
-__all__ = ["closure", "code_hash", "direct_imports"]
+@functools.lru_cache(maxsize=None)
+def run_fingerprint(roots: Tuple[str, ...], checkpoints_dir: str, tag: str = "") -> str:
+    """What a stored run is keyed on: ``code_hash`` of ``roots`` with ``tag`` and the teacher's
+    and student's ``model.safetensors`` under ``checkpoints_dir``.
+
+    Computed once per process: the code a process runs is the code it imported when it
+    started, so an edit made while it runs belongs to the next run, not to this one (and
+    every stored run no longer costs a re-parse of the package)."""
+    ckpts = [(Path(checkpoints_dir) / role / "model.safetensors").read_bytes()
+             for role in ("teacher", "student")]
+    return code_hash(roots, extra=[tag.encode()] + ckpts)
+
+
+__all__ = ["closure", "code_hash", "direct_imports", "run_fingerprint"]

@@ -132,11 +132,10 @@ def fingerprint() -> str:
     ``codehash.closure``), ``RUN_VERSION`` and the shipped checkpoints: a stored run is
     reused only if none of them changed."""
     from . import tinyworld
-    from .codehash import code_hash
+    from .codehash import run_fingerprint
 
-    return code_hash(RUN_MODULES, extra=[f"study-run-v{RUN_VERSION}".encode()] + [
-        (tinyworld.data_dir() / role / "model.safetensors").read_bytes()
-        for role in ("teacher", "student")])
+    return run_fingerprint(tuple(RUN_MODULES), str(tinyworld.data_dir()),
+                           f"study-run-v{RUN_VERSION}")
 
 
 def _settings(profile: plan.StudyProfile, spec: RunSpec) -> dict:

@@ -142,7 +142,7 @@ def gamma_baseline_table(records: Sequence[Mapping]) -> List[dict]:
         reached = [r["steps_to_target"] for r in rs if r["steps_to_target"] is not None]
         rows.append({
             "divergence": d, "gamma": g, "baseline": b, "n": len(rs),
-            "reached": f"{len(reached)}/{len(rs)}",
+            "reached": f"{len(reached)}/{len(rs)}", "n_reached": len(reached),
             "steps_to_target": mean_ci(reached, 0.0),
             "accuracy": mean_ci((r["accuracy"] for r in rs), 0.0, 1.0),
             "kl_final": mean_ci((r["teacher_kl_final"] for r in rs), 0.0),
@@ -272,8 +272,7 @@ def _geo(xs: Sequence[float]) -> float:
     return math.exp(sum(math.log(x) for x in xs) / len(xs))
 
 
-def reading(records: Sequence[Mapping], meta: Mapping) -> str:
-    """The paragraphs that read the three tables; every number comes from ``records``/``meta``."""
+def _read_stability(records: Sequence[Mapping], meta: Mapping) -> str:
     ok, n = agreement(records)
     st = stability_table(records)
     wrong = [f"{r['divergence']}/{r['estimator']} ({r['observed']}, predicted {r['predicted']}; "
@@ -305,7 +304,10 @@ def reading(records: Sequence[Mapping], meta: Mapping) -> str:
             para += (" Where f′(1) ≠ 0 the linear argument decided every run; at f′(1) = 0 it "
                      "only says that nothing pulls back to first order, and what happens is "
                      "left to higher-order terms.")
-    out = [para]
+    return para
+
+
+def _read_shift(records: Sequence[Mapping]) -> Optional[str]:
     sh_all = shift_table(records)
     sh = [r for r in sh_all if r["estimator"] == "opd"]
     if sh:
@@ -335,7 +337,11 @@ def reading(records: Sequence[Mapping], meta: Mapping) -> str:
             if all(higher):
                 text += (" Every shifted generator ended further from the teacher under OPD+; "
                          f"the intervals separate from c = 0 in {sum(apart)} of {len(apart)}.")
-        out.append(text)
+        return text
+    return None
+
+
+def _read_gamma(records: Sequence[Mapping]) -> Optional[str]:
     gb_all = gamma_baseline_table(records)
     gb = [r for r in gb_all
           if r["var_ratio_init"][0] is not None and (r["gamma"], r["baseline"]) != (0.0, "none")]
@@ -353,12 +359,12 @@ def reading(records: Sequence[Mapping], meta: Mapping) -> str:
               and g0_of.get((r["divergence"], r["baseline"])) is not None]
         if g1:
             v = [r["var_ratio_init"][0] / g0_of[(r["divergence"], r["baseline"])] for r in g1]
-            reach = {g: [int(x) for r in gb_all if r["gamma"] == g for x in r["reached"].split("/")]
-                     for g in (0.0, 1.0)}
-            reach = {g: (sum(v2[0::2]), sum(v2[1::2])) for g, v2 in reach.items()}
+            reach = {g: (sum(r["n_reached"] for r in gb_all if r["gamma"] == g),
+                         sum(r["n"] for r in gb_all if r["gamma"] == g)) for g in (0.0, 1.0)}
             text += (f" At the same baseline, γ = 1 multiplies it by {min(v):.1f} to "
-                     f"{max(v):.1f} ({len(g1)} divergence × baseline cells), and {reach[1.0][0]} of {reach[1.0][1]} γ = 1 runs reached the "
-                     f"target accuracy, against {reach[0.0][0]} of {reach[0.0][1]} at γ = 0")
+                     f"{max(v):.1f} ({len(g1)} divergence × baseline cells), and "
+                     f"{reach[1.0][0]} of {reach[1.0][1]} γ = 1 runs reached the target "
+                     f"accuracy, against {reach[0.0][0]} of {reach[0.0][1]} at γ = 0")
             if min(v) > 1 and reach[1.0][0] / reach[1.0][1] < reach[0.0][0] / reach[0.0][1]:
                 text += (": the exact future term is unbiased, but at this batch size its "
                          "extra variance costs more than it brings")
@@ -369,7 +375,14 @@ def reading(records: Sequence[Mapping], meta: Mapping) -> str:
                      + "; ".join(f"{r['divergence']} {r['baseline']} "
                                  f"{fmt_ci(*r['var_ratio_init'], '.2f')}" for r in g0)
                      + ". A ratio whose interval contains 1 is no measured change.")
-        out.append(text)
+        return text
+    return None
+
+
+def reading(records: Sequence[Mapping], meta: Mapping) -> str:
+    """The paragraphs that read the three tables; every number comes from ``records``/``meta``."""
+    out = [_read_stability(records, meta)]
+    out += [t for t in (_read_shift(records), _read_gamma(records)) if t]
     if meta.get("missing_runs"):
         out.append(f"**Incomplete.** {meta['runs_reported']} of {meta['runs_planned']} planned "
                    f"runs finished; the tables hold only those (missing: "

@@ -114,11 +114,9 @@ def fingerprint() -> str:
     """Hash of the code a tool-world arm runs (``codehash.closure`` of this module) and the
     shipped tool-world checkpoints."""
     from . import tinytools
-    from .codehash import code_hash
+    from .codehash import run_fingerprint
 
-    return code_hash(("tool_miniature",), extra=[
-        (tinytools.default_data_dir() / role / "model.safetensors").read_bytes()
-        for role in ("teacher", "student")])
+    return run_fingerprint(("tool_miniature",), str(tinytools.default_data_dir()))
 
 
 def _jsonable(x):

@@ -102,6 +102,19 @@ def ensure_chromium() -> str:
 # ----------------------------------------------------------------------------- the server
 
 
+def playwright_and_chromium():
+    """For a test: ``(playwright.sync_api, chromium path)``, or skip it, saying why (no
+    playwright installed, or no Chromium and no way to install one here)."""
+    import pytest
+
+    sync_api = pytest.importorskip("playwright.sync_api",
+                                   reason="install the test extra (it provides playwright)")
+    try:
+        return sync_api, ensure_chromium()
+    except ChromiumUnavailable as err:  # not root / no apt: say so, do not pretend
+        pytest.skip(f"real-browser check impossible here: {err}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -135,27 +135,32 @@ def test_full_scale_shapes_are_notebook_06s():
             assert f"{key}={cfg[key]}" in nb, (who, key)
 
 
-def test_readme_performance_block_is_generated_from_the_summary(tmp_path, monkeypatch):
+def _performance_block(tmp_path, monkeypatch, runs, load, cpu_count):
+    """The README's performance block, written by sync_readme from a summary of ``runs``."""
     spec = importlib.util.spec_from_file_location("sync_readme", ROOT / "scripts/sync_readme.py")
     sync = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(sync)
-    runs = [_rec("opd_logits", r, 2.0 + r, 100, 300.0) for r in (0, 1)]
-    runs += [_rec("trl_distill", r, 2.5 + r, 100, 400.0) for r in (0, 1)]
-    runs += [_rec("floor", r, 1.9 + r, 100, 280.0) for r in (0, 1)]
-    ratios = run_bench.step_ratios(runs, ["opd_logits", "trl_distill", "floor"])
-    steps = {"smollm2": {"runs": runs, **ratios}}
     for r in runs:
-        r["loadavg_1min"] = 3.0
+        r["loadavg_1min"] = load
+    names = list(dict.fromkeys(r["contender"] for r in runs))
+    steps = {"smollm2": {"runs": runs, **run_bench.step_ratios(runs, names)}}
     settings = {"dtype": "fp32", "threads_per_process": 1, "rounds": 2, "timed_steps_per_run": 1,
                 "models": {"smollm2": "SmolLM2-135M -> 6 layers"},
                 "fullvocab": {"positions": 1024}}
     summary = run_bench.summarize(steps, {}, settings, "smollm2", 151_936, "cpu")
     summary["wall_s"] = 600.0
-    summary["hardware"]["cpu_count"] = 2  # load 3 on 2 cores: a busy machine
+    summary["hardware"]["cpu_count"] = cpu_count
     (tmp_path / "benchmarks/results").mkdir(parents=True)
     (tmp_path / "benchmarks/results/summary.json").write_text(json.dumps(summary))
     monkeypatch.setattr(sync, "ROOT", tmp_path)
-    block = sync.block_performance()
+    return sync.block_performance()
+
+
+def test_readme_performance_block_is_generated_from_the_summary(tmp_path, monkeypatch):
+    runs = [_rec("opd_logits", r, 2.0 + r, 100, 300.0) for r in (0, 1)]
+    runs += [_rec("trl_distill", r, 2.5 + r, 100, 400.0) for r in (0, 1)]
+    runs += [_rec("floor", r, 1.9 + r, 100, 280.0) for r in (0, 1)]
+    block = _performance_block(tmp_path, monkeypatch, runs, load=3.0, cpu_count=2)  # busy
     # tokens/s ratio per round: 2.5/2 = 1.25 and 3.5/3 = 1.1667 -> median 1.21, below 1.3
     assert ("| tokens/s, ours ÷ `DistillationTrainer` | 1.21 [1.17–1.25] | ≥ 1.3 | **no** |"
             in block)
@@ -171,26 +176,10 @@ def test_readme_performance_block_is_generated_from_the_summary(tmp_path, monkey
 
 
 def test_readme_says_when_a_target_is_beyond_the_floor(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("sync_readme", ROOT / "scripts/sync_readme.py")
-    sync = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sync)
-    runs = []
-    for r in (0, 1):
-        runs += [_rec("opd_logits", r, 2.2, 100, 300.0), _rec("trl_distill", r, 2.5, 100, 400.0),
-                 _rec("floor", r, 2.1, 100, 280.0)]
-        for x in runs[-3:]:
-            x["loadavg_1min"] = 1.0
-    steps = {"smollm2": {"runs": runs,
-                         **run_bench.step_ratios(runs, ["opd_logits", "trl_distill", "floor"])}}
-    settings = {"dtype": "fp32", "threads_per_process": 1, "rounds": 2, "timed_steps_per_run": 1,
-                "models": {"smollm2": "m"}, "fullvocab": {"positions": 1024}}
-    summary = run_bench.summarize(steps, {}, settings, "smollm2", 151_936, "cpu")
-    summary["wall_s"] = 60.0
-    summary["hardware"]["cpu_count"] = 2  # load 1 on 2 cores: a quiet machine
-    (tmp_path / "benchmarks/results").mkdir(parents=True)
-    (tmp_path / "benchmarks/results/summary.json").write_text(json.dumps(summary))
-    monkeypatch.setattr(sync, "ROOT", tmp_path)
-    block = sync.block_performance()
+    runs = [x for r in (0, 1) for x in (_rec("opd_logits", r, 2.2, 100, 300.0),
+                                        _rec("trl_distill", r, 2.5, 100, 400.0),
+                                        _rec("floor", r, 2.1, 100, 280.0))]
+    block = _performance_block(tmp_path, monkeypatch, runs, load=1.0, cpu_count=2)  # quiet
     # the floor reaches 2.5 / 2.1 = 1.19x Distillation in both rounds: 1.3x is out of reach
     assert "Out of reach" in block and "the 1.3× target over `DistillationTrainer`" in block
     assert "`GKDTrainer` (the floor" not in block  # no GKD run, no claim about it

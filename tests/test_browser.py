@@ -61,12 +61,7 @@ def _control_notebook(path: Path) -> Path:
 
 @pytest.mark.slow
 def test_notebook_01_renders_plotly_and_widgets_in_chromium(tmp_path: Path):
-    sync_api = pytest.importorskip("playwright.sync_api",
-                                   reason="install the test extra (it provides playwright)")
-    try:
-        chromium = bc.ensure_chromium()
-    except bc.ChromiumUnavailable as err:  # not root / no apt: say so, do not pretend
-        pytest.skip(f"real-browser check impossible here: {err}")
+    sync_api, chromium = bc.playwright_and_chromium()
     artifacts = Path(os.environ.get("OPDPLUS_TEST_ARTIFACTS", ROOT / "test-artifacts")) / "browser"
     artifacts.mkdir(parents=True, exist_ok=True)
     control = _control_notebook(tmp_path / "00_json_renderer_control.ipynb")

@@ -96,12 +96,7 @@ def test_prepare_rewrites_plotly_widgets_and_links():
 
 @pytest.mark.slow
 def test_static_site_works_offline_and_its_plotly_slider_moves(tmp_path: Path):
-    sync_api = pytest.importorskip("playwright.sync_api",
-                                   reason="install the test extra (it provides playwright)")
-    try:
-        chromium = bc.ensure_chromium()
-    except bc.ChromiumUnavailable as err:
-        pytest.skip(f"real-browser check impossible here: {err}")
+    sync_api, chromium = bc.playwright_and_chromium()
     artifacts = Path(os.environ.get("OPDPLUS_TEST_ARTIFACTS", ROOT / "test-artifacts")) / "site"
     artifacts.mkdir(parents=True, exist_ok=True)
     nb = slider_notebook(tmp_path)
